@@ -1,0 +1,1 @@
+"""glm-jax: GLM-4 in JAX. `from glm_jax import config, model`."""

@@ -1,0 +1,359 @@
+"""One config tree, validated once.
+
+`configs/*.py` are ml-collections files with `get_config(arg)`. Their ConfigDict starts from
+`default_config_dict()` (built from the dataclass defaults below, so every field is declared
+exactly once) and is turned into frozen, typed dataclasses by `from_config_dict`. Every bad value
+fails there, before any compile, with a `ConfigError` naming the field and what would be valid.
+Derived values (rope theta, rotary dims, kv heads) are properties computed here and nowhere else.
+
+Stages: `stage_order` lists stage names; `stages.<name>` holds that stage's overrides
+(e.g. `{"train": {"seq_len": 32768}, "model": {"rope_ratio": 500}}`). `resolve_stages`
+returns one fully validated `Config` per stage, each overriding the previous one.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import importlib.util
+import os
+import typing
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what would be valid."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"config field `{field}`: {message}")
+        self.field = field
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("reference", "flash", "splash")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """GLM architecture. Letters used across the model: D hidden, H heads, K kv heads, E head dim,
+    F ffn, V vocab, L layers."""
+
+    name: str = "unnamed"
+    vocab_size: int = 0  # V (padded vocabulary, as in the released checkpoints)
+    hidden_size: int = 0  # D
+    num_layers: int = 0  # L
+    num_heads: int = 0  # H
+    kv_groups: int = 0  # GLM's `multi_query_group_num`: the number of K/V heads
+    head_dim: int = 0  # E (GLM's `kv_channels`)
+    ffn_hidden_size: int = 0  # F
+    rms_norm_eps: float = 1e-5
+    rope_ratio: float = 1.0  # rope theta = 10000 x rope_ratio
+    rotary_fraction: float = 0.5  # rotary on the first fraction of each head's dims
+    max_seq_len: int = 8192
+    qkv_bias: bool = True
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
+    init_std: float = 0.02
+    attention: str = "reference"  # one of ATTENTION_BACKENDS
+    attention_block_q: int = 512  # flash/splash query block
+    attention_block_kv: int = 512  # flash/splash key/value block
+    scan_layers: bool = True  # lax.scan over the stacked layers; False unrolls (same numbers)
+    remat: str = "none"  # one of REMAT_POLICIES
+
+    def __post_init__(self):
+        for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups",
+                  "head_dim", "ffn_hidden_size", "max_seq_len"):
+            _require(getattr(self, f) > 0, f"model.{f}", f"must be a positive integer, got {getattr(self, f)}")
+        _require(self.num_heads % self.kv_groups == 0, "model.kv_groups",
+                 f"num_heads={self.num_heads} must be divisible by kv_groups={self.kv_groups}; "
+                 f"valid kv_groups: {[g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]}")
+        _require(self.rms_norm_eps > 0, "model.rms_norm_eps", f"must be > 0, got {self.rms_norm_eps}")
+        _require(self.rope_ratio > 0, "model.rope_ratio", f"must be > 0, got {self.rope_ratio}")
+        _require(0 < self.rotary_fraction <= 1, "model.rotary_fraction",
+                 f"must be in (0, 1], got {self.rotary_fraction}")
+        rot = self.head_dim * self.rotary_fraction
+        _require(rot == int(rot) and int(rot) % 2 == 0, "model.rotary_fraction",
+                 f"head_dim x rotary_fraction = {rot} must be an even integer (rotary acts on pairs)")
+        _require(self.param_dtype in _DTYPES, "model.param_dtype", f"must be one of {_DTYPES}, got {self.param_dtype!r}")
+        _require(self.dtype in _DTYPES, "model.dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
+        _require(self.init_std > 0, "model.init_std", f"must be > 0, got {self.init_std}")
+        _require(self.attention in ATTENTION_BACKENDS, "model.attention",
+                 f"must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        for f in ("attention_block_q", "attention_block_kv"):
+            v = getattr(self, f)
+            _require(v > 0 and v % 8 == 0, f"model.{f}", f"must be a positive multiple of 8, got {v}")
+        _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
+
+    # Derived fields: computed here and nowhere else.
+    @property
+    def rope_theta(self) -> float:
+        return 10000.0 * self.rope_ratio
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.kv_groups
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.kv_groups
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh (data, fsdp, sequence, tensor); one axis may be -1 = the remaining devices."""
+
+    data: int = 1
+    fsdp: int = -1
+    sequence: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        sizes = dataclasses.asdict(self)
+        for name, v in sizes.items():
+            _require(v == -1 or v >= 1, f"mesh.{name}", f"must be >= 1 or -1 (fill), got {v}")
+        _require(sum(v == -1 for v in sizes.values()) <= 1, "mesh",
+                 f"at most one axis may be -1, got {sizes}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 512  # T of every batch row
+    batch_size: int = 8  # global rows per optimizer step (all hosts, all micro-batches)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    steps: int = 100
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    end_lr_ratio: float = 0.1  # final lr = lr x end_lr_ratio
+    weight_decay: float = 0.1  # never applied to norms and biases
+    adam_b1: float = 0.9
+    adam_b2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    z_loss: float = 0.0  # weight of log(Z)^2
+    loss_weighting: str = "token"  # token | sequence (LongAlign: each packed sequence weighs the same)
+    optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        for f in ("seq_len", "batch_size", "grad_accum", "steps"):
+            _require(getattr(self, f) >= 1, f"train.{f}", f"must be >= 1, got {getattr(self, f)}")
+        _require(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+                 f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
+                 f"must be cosine, linear or constant, got {self.schedule!r}")
+        _require(0 <= self.end_lr_ratio <= 1, "train.end_lr_ratio", f"must be in [0, 1], got {self.end_lr_ratio}")
+        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0, got {self.z_loss}")
+        _require(self.loss_weighting in ("token", "sequence"), "train.loss_weighting",
+                 f"must be token or sequence, got {self.loss_weighting!r}")
+        _require(self.optimizer_state in ("keep", "reset"), "train.optimizer_state",
+                 f"must be keep or reset, got {self.optimizer_state!r}")
+        _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+    def __post_init__(self):
+        _require(self.every_steps >= 1, "checkpoint.every_steps", f"must be >= 1, got {self.every_steps}")
+        _require(self.keep >= 1, "checkpoint.keep", f"must be >= 1, got {self.keep}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    mixture: str = "bundled_zh_en"  # a registered seqio task or mixture name
+    tokenizer: str = ""  # path of a tiktoken-format (GLM-4) or SentencePiece file; "" = the task's own
+    seed: int = 0
+    num_workers: int = 0  # grain worker processes (0 = in-process)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    mesh: MeshConfig = MeshConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    data: DataConfig = DataConfig()
+
+
+_SECTION_TYPES = {"model": ModelConfig, "mesh": MeshConfig, "train": TrainConfig,
+                  "checkpoint": CheckpointConfig, "data": DataConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# ConfigDict <-> dataclasses
+# ---------------------------------------------------------------------------------------------
+
+def default_config_dict() -> ml_collections.ConfigDict:
+    """A ConfigDict holding every field's default; config files start from it and override."""
+    cd = ml_collections.ConfigDict()
+    for name, cls in _SECTION_TYPES.items():
+        cd[name] = ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(cls)})
+    cd.stage_order = ()
+    cd.stages = ml_collections.ConfigDict()
+    return cd
+
+
+def _coerce(value: Any, typ: Any, field: str) -> Any:
+    if typ is bool:
+        _require(isinstance(value, bool), field, f"must be true/false, got {value!r}")
+        return value
+    if typ is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), field,
+                 f"must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), field,
+                 f"must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        _require(isinstance(value, str), field, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {typ} for {field}")
+
+
+def _build_section(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    _require(not unknown, f"{prefix}.{unknown[0]}" if unknown else prefix,
+             f"unknown field; valid fields of `{prefix}` are {valid}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items() if v is not None}
+    return cls(**kwargs)
+
+
+def _to_dict(cd) -> dict:
+    return cd.to_dict() if isinstance(cd, ml_collections.ConfigDict) else dict(cd)
+
+
+def from_config_dict(cd) -> Config:
+    """Validates a ConfigDict (or nested dict) into a frozen `Config`; stages are ignored here
+    (see `resolve_stages`)."""
+    d = _to_dict(cd)
+    unknown = sorted(set(d) - set(_SECTION_TYPES) - {"stage_order", "stages"})
+    _require(not unknown, unknown[0] if unknown else "",
+             f"unknown section; valid sections are {sorted(_SECTION_TYPES) + ['stage_order', 'stages']}")
+    _require("model" in d, "model", "every config needs a model section")
+    sections = {name: _build_section(cls, _to_dict(d.get(name, {})), name)
+                for name, cls in _SECTION_TYPES.items()}
+    return Config(**sections)
+
+
+def _merge(base: dict, override: dict, prefix: str) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        where = f"{prefix}.{k}" if prefix else k
+        _require(k in out, where, f"unknown field; valid here: {sorted(out)}")
+        out[k] = _merge(out[k], v, where) if isinstance(out[k], dict) else v
+    return out
+
+
+def resolve_stages(cd) -> list[tuple[str, Config]]:
+    """[(stage name, Config)] in run order; a config without stages is one stage named "main".
+
+    Each stage applies its overrides on top of the previous stage's resolved values, so a
+    later stage only states what changes. Every stage is validated before anything runs.
+    """
+    d = _to_dict(cd)
+    order = tuple(d.get("stage_order", ()) or ())
+    stages = d.get("stages", {}) or {}
+    base = {k: v for k, v in d.items() if k not in ("stage_order", "stages")}
+    if not order:
+        _require(not stages, "stage_order", f"stages {sorted(stages)} are defined but stage_order is empty")
+        return [("main", from_config_dict(base))]
+    missing = [s for s in order if s not in stages]
+    _require(not missing, "stage_order", f"names stages {missing} that `stages` does not define "
+             f"(defined: {sorted(stages)})")
+    unused = sorted(set(stages) - set(order))
+    _require(not unused, "stages", f"{unused} defined but not listed in stage_order {list(order)}")
+    full = from_config_dict(base)  # validates the base, fills defaults
+    current = {name: dataclasses.asdict(getattr(full, name)) for name in _SECTION_TYPES}
+    out = []
+    for name in order:
+        current = _merge(current, _to_dict(stages[name]), f"stages.{name}")
+        try:
+            out.append((name, from_config_dict(current)))
+        except ConfigError as e:
+            raise ConfigError(f"stages.{name}.{e.field}", str(e).split(": ", 1)[1]) from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading config files
+# ---------------------------------------------------------------------------------------------
+
+def load_config_dict(path: str) -> ml_collections.ConfigDict:
+    """Runs `get_config(arg)` of a config file; `path` may end in `:arg` (e.g. `long_context.py:model=debug`)."""
+    file, _, arg = path.partition(":")
+    if not os.path.isfile(file):
+        raise ConfigError("config", f"no config file at {file!r}; configs live in configs/*.py")
+    spec = importlib.util.spec_from_file_location(f"_glm_config_{abs(hash(file))}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError("config", f"{file} defines no get_config(arg)")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cd: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Applies `a.b=value` strings (the `--config.a.b=value` form without the prefix)."""
+    cd = copy.deepcopy(cd)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        _require(bool(sep), key, f"override {item!r} must look like section.field=value")
+        *parents, leaf = key.split(".")
+        node = cd
+        for p in parents:
+            _require(p in node, key, f"unknown section {p!r}; valid: {sorted(node.keys())}")
+            node = node[p]
+        _require(leaf in node, key, f"unknown field; valid here: {sorted(node.keys())}")
+        value = _parse_value(text)
+        if isinstance(node[leaf], float) and isinstance(value, int):
+            value = float(value)
+        try:
+            node[leaf] = value
+        except TypeError:
+            raise ConfigError(key, f"{text!r} does not fit this field's type "
+                              f"({type(node[leaf]).__name__}, e.g. {node[leaf]!r})") from None
+    return cd
+
+
+def load(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Loads, overrides and validates a config file: `load("configs/debug.py", ["train.lr=1e-3"])`."""
+    return from_config_dict(apply_overrides(load_config_dict(path), overrides))

@@ -1,0 +1,214 @@
+"""The declared key map between our parameter tree and PyTorch checkpoints.
+
+Two namings:
+  "hf"    transformers' `GlmForCausalLM` (model.layers.N.self_attn.q_proj, mlp.gate_up_proj, ...)
+  "thudm" the released THUDM checkpoints (transformer.encoder.layers.N.self_attention.query_key_value
+          with fused [Q | K | V] rows, mlp.dense_h_to_4h, ...)
+
+Each `TensorMap` ties one external tensor to one or more of our leaves and says how to reshape
+in both directions; per-layer entries index the stacked `layers` axis. Shapes are checked
+against the spec tree on import; a mismatch names the tensor and both shapes.
+
+Letters: D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glm_jax.config import ModelConfig
+from glm_jax.model.spec import param_specs
+
+NAMINGS = ("hf", "thudm")
+Path = tuple[str, ...]
+
+
+class ConversionError(ValueError):
+    """A checkpoint tensor is missing, unexpected, or has the wrong shape for the config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    name: str  # external name; "{i}" is the layer index for per-layer entries
+    leaves: tuple[Path, ...]  # our leaves (paths into the param tree)
+    to_ext: Callable[..., np.ndarray]  # (*our arrays, cfg) -> external array
+    from_ext: Callable[..., tuple[np.ndarray, ...]]  # (external array, cfg) -> our arrays
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.name
+
+
+def _same(a, cfg):
+    return a
+
+
+def _one(fn):
+    return lambda a, cfg: (fn(a, cfg),)
+
+
+def _heads_in(n_attr):  # ours [D, N, E] <-> torch Linear weight [N*E, D]
+    return (lambda w, cfg: w.reshape(w.shape[0], -1).T,
+            _one(lambda w, cfg: w.T.reshape(w.shape[1], getattr(cfg, n_attr), cfg.head_dim)))
+
+
+def _bias_in(n_attr):  # ours [N, E] <-> [N*E]
+    return (lambda b, cfg: b.reshape(-1),
+            _one(lambda b, cfg: b.reshape(getattr(cfg, n_attr), cfg.head_dim)))
+
+
+def _o_to(w, cfg):  # ours [H, E, D] -> [D, H*E]
+    return w.reshape(-1, w.shape[-1]).T
+
+
+def _o_from(w, cfg):
+    return (w.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size),)
+
+
+def _wi_to(w, cfg):  # ours [D, 2, F] -> [2F, D], gate rows first
+    return w.reshape(w.shape[0], -1).T
+
+
+def _wi_from(w, cfg):
+    return (w.T.reshape(cfg.hidden_size, 2, cfg.ffn_hidden_size),)
+
+
+def _t(a, cfg):
+    return a.T
+
+
+def _qkv_to(q, k, v, cfg):  # fused [(H + 2K) * E, D] (weights) or [(H + 2K) * E] (biases)
+    flat = (lambda w: w.reshape(w.shape[0], -1).T) if q.ndim == 3 else (lambda b: b.reshape(-1))
+    xp = np if isinstance(q, np.ndarray) else jnp  # jnp when only shapes are traced (eval_shape)
+    return xp.concatenate([flat(q), flat(k), flat(v)], axis=0)
+
+
+def _qkv_from(w, cfg):
+    E, H, K = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    q, k, v = np.split(w, [H * E, (H + K) * E], axis=0)
+    if w.ndim == 2:
+        return tuple(x.T.reshape(cfg.hidden_size, n, E) for x, n in ((q, H), (k, K), (v, K)))
+    return tuple(x.reshape(n, E) for x, n in ((q, H), (k, K), (v, K)))
+
+
+_L = ("layers",)
+
+
+def tensor_maps(cfg: ModelConfig, naming: str) -> list[TensorMap]:
+    """The key map for `naming` ("hf" or "thudm")."""
+    if naming not in NAMINGS:
+        raise ConversionError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    wo = (_L + ("mlp", "wo", "kernel"),)
+    if naming == "hf":
+        lp = "model.layers.{i}."
+        maps = [TensorMap("model.embed_tokens.weight", (("embed", "embedding"),), _same, _one(_same)),
+                TensorMap(lp + "input_layernorm.weight", (_L + ("attn_norm", "scale"),), _same, _one(_same))]
+        for n, attr in (("q", "num_heads"), ("k", "num_kv_heads"), ("v", "num_kv_heads")):
+            maps.append(TensorMap(lp + f"self_attn.{n}_proj.weight", (_L + ("attn", n, "kernel"),), *_heads_in(attr)))
+            if cfg.qkv_bias:
+                maps.append(TensorMap(lp + f"self_attn.{n}_proj.bias", (_L + ("attn", n, "bias"),), *_bias_in(attr)))
+        maps += [
+            TensorMap(lp + "self_attn.o_proj.weight", (_L + ("attn", "o", "kernel"),), _o_to, _o_from),
+            TensorMap(lp + "post_attention_layernorm.weight", (_L + ("mlp_norm", "scale"),), _same, _one(_same)),
+            TensorMap(lp + "mlp.gate_up_proj.weight", (_L + ("mlp", "wi", "kernel"),), _wi_to, _wi_from),
+            TensorMap(lp + "mlp.down_proj.weight", wo, _t, _one(_t)),
+            TensorMap("model.norm.weight", (("final_norm", "scale"),), _same, _one(_same)),
+            TensorMap("lm_head.weight", (("output", "kernel"),), _t, _one(_t)),
+        ]
+        return maps
+    lp = "transformer.encoder.layers.{i}."
+    qkv = lambda leaf: tuple(_L + ("attn", n, leaf) for n in "qkv")  # noqa: E731
+    maps = [TensorMap("transformer.embedding.word_embeddings.weight", (("embed", "embedding"),), _same, _one(_same)),
+            TensorMap(lp + "input_layernorm.weight", (_L + ("attn_norm", "scale"),), _same, _one(_same)),
+            TensorMap(lp + "self_attention.query_key_value.weight", qkv("kernel"), _qkv_to, _qkv_from)]
+    if cfg.qkv_bias:
+        maps.append(TensorMap(lp + "self_attention.query_key_value.bias", qkv("bias"), _qkv_to, _qkv_from))
+    maps += [
+        TensorMap(lp + "self_attention.dense.weight", (_L + ("attn", "o", "kernel"),), _o_to, _o_from),
+        TensorMap(lp + "post_attention_layernorm.weight", (_L + ("mlp_norm", "scale"),), _same, _one(_same)),
+        TensorMap(lp + "mlp.dense_h_to_4h.weight", (_L + ("mlp", "wi", "kernel"),), _wi_to, _wi_from),
+        TensorMap(lp + "mlp.dense_4h_to_h.weight", wo, _t, _one(_t)),
+        TensorMap("transformer.encoder.final_layernorm.weight", (("final_norm", "scale"),), _same, _one(_same)),
+        TensorMap("transformer.output_layer.weight", (("output", "kernel"),), _t, _one(_t)),
+    ]
+    return maps
+
+
+# Buffers some checkpoints carry that are derived, not learned (rotary inv_freq).
+IGNORED_SUFFIXES = ("rotary_pos_emb.inv_freq", "rotary_emb.inv_freq")
+
+
+def _get(tree: Mapping, path: Path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _expanded(maps: Sequence[TensorMap], cfg: ModelConfig) -> Iterator[tuple[str, TensorMap, int | None]]:
+    for m in maps:
+        if m.per_layer:
+            for i in range(cfg.num_layers):
+                yield m.name.format(i=i), m, i
+        else:
+            yield m.name, m, None
+
+
+def external_names(cfg: ModelConfig, naming: str) -> list[str]:
+    """Every tensor name a checkpoint of this config holds, in export order."""
+    return [name for name, _, _ in _expanded(tensor_maps(cfg, naming), cfg)]
+
+
+def external_shape(m: TensorMap, cfg: ModelConfig) -> tuple[int, ...]:
+    """Shape of the external tensor of `m` (one layer's, for per-layer entries), from the spec tree."""
+    specs = param_specs(cfg)
+    leaves = [jax.ShapeDtypeStruct(_get(specs, p).shape[1 if m.per_layer else 0:], np.float32) for p in m.leaves]
+    return tuple(jax.eval_shape(lambda *a: m.to_ext(*a, cfg), *leaves).shape)
+
+
+def export_tensors(params: Mapping, cfg: ModelConfig, naming: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (external name, numpy array) one tensor at a time, so callers can stream to disk."""
+    for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
+        arrays = [np.asarray(_get(params, p) if i is None else _get(params, p)[i]) for p in m.leaves]
+        yield name, np.ascontiguousarray(m.to_ext(*arrays, cfg))
+
+
+def import_tensors(get_tensor: Callable[[str], np.ndarray], names: Sequence[str], cfg: ModelConfig,
+                   naming: str, dtype=None) -> dict:
+    """Builds our parameter tree from external tensors.
+
+    get_tensor(name) returns one external tensor (read lazily); `names` are the names the
+    checkpoint holds. Missing, unexpected and mis-shaped tensors raise `ConversionError` naming
+    the tensor; nothing is returned unless every tensor matches the config's spec tree."""
+    specs = param_specs(cfg)
+    expected = external_names(cfg, naming)
+    present = {n for n in names if not n.endswith(IGNORED_SUFFIXES)}
+    missing = [n for n in expected if n not in present]
+    if missing:
+        raise ConversionError(f"checkpoint lacks {len(missing)} tensor(s) the config needs, first: {missing[0]!r} "
+                              f"(naming={naming!r}, config {cfg.name!r}: {cfg.num_layers} layers)")
+    unexpected = sorted(present - set(expected))
+    if unexpected:
+        raise ConversionError(f"checkpoint has {len(unexpected)} tensor(s) the config does not, first: "
+                              f"{unexpected[0]!r} (naming={naming!r}, config {cfg.name!r}); is it the right config?")
+    out: dict = {}
+    for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
+        ext = np.asarray(get_tensor(name))
+        want = external_shape(m, cfg)
+        if ext.shape != want:
+            raise ConversionError(f"tensor {name!r} has shape {ext.shape}, but config {cfg.name!r} expects {want}")
+        for path, arr in zip(m.leaves, m.from_ext(ext, cfg)):
+            spec = _get(specs, path)
+            arr = arr.astype(dtype or spec.dtype)
+            node = out
+            for p in path[:-1]:
+                node = node.setdefault(p, {})
+            if i is None:
+                node[path[-1]] = arr
+            else:
+                node.setdefault(path[-1], np.empty(spec.shape, arr.dtype))[i] = arr
+    return out

@@ -1,0 +1,44 @@
+"""GLM building blocks as pure functions: RMSNorm, partial interleaved rotary, SwiGLU MLP.
+
+Letters: B batch, T sequence, D hidden, N any head count, E head dim, R rotary dims, F ffn.
+RMSNorm and rotary compute in fp32 and return the input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """x [..., D], scale [D] -> [..., D] in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rotary_tables(positions: jax.Array, rotary_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """positions [B, T] int -> (cos, sin), each [B, T, R/2] fp32.
+
+    Frequencies are theta^(-2i/R) for i < R/2, as in GLM (`rope_ratio` scales theta)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, N, E]; cos/sin [B, T, R/2]. Rotates the first R dims of each head as interleaved
+    pairs (2i, 2i+1) (GPT-J style, as GLM does); dims R..E pass through."""
+    rot = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :rot].astype(jnp.float32), x[..., rot:]
+    pairs = x_rot.reshape(*x_rot.shape[:-1], rot // 2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1).reshape(x_rot.shape)
+    return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+
+
+def swiglu_mlp(x: jax.Array, wi: jax.Array, wo: jax.Array) -> jax.Array:
+    """x [B, T, D], wi [D, 2, F] (gate, up), wo [F, D] -> [B, T, D]: wo(silu(gate x) * up x)."""
+    h = jnp.einsum("btd,dcf->btcf", x, wi.astype(x.dtype))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(h[:, :, 0]) * h[:, :, 1], wo.astype(x.dtype))

@@ -1,0 +1,95 @@
+"""GLM-4 forward pass: embed -> L x (pre-norm attention, pre-norm SwiGLU) -> final norm -> output.
+
+    forward(params, tokens, cfg, positions=None, segment_ids=None) -> logits [B, T, V] fp32
+
+Letters: B batch, T sequence, D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
+The stacked layers run under `lax.scan` (or a Python loop with `cfg.scan_layers=False`: same
+numbers, longer compile). `cfg.remat` picks what the backward pass recomputes; block outputs
+are tagged with `checkpoint_name` ("attn_out", "mlp_out") for the named policy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from glm_jax.config import ModelConfig
+from glm_jax.model.attention import attention
+from glm_jax.model.layers import apply_rotary, rms_norm, rotary_tables, swiglu_mlp
+from glm_jax.sharding import constrain
+
+_ACT = ("batch", "seq", None)  # activations [B, T, D]
+
+
+def _remat_policy(name: str):
+    return {
+        "full": None,  # save nothing: recompute the whole block
+        "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "save_attn_mlp_out": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
+    }[name]
+
+
+def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array | None,
+          cfg: ModelConfig) -> jax.Array:
+    """One GLM layer. x [B, T, D]; `layer` is one slice of params["layers"] (no L axis)."""
+    dt = x.dtype
+    with jax.named_scope("attention"):
+        h = rms_norm(x, layer["attn_norm"]["scale"], cfg.rms_norm_eps)
+        attn = layer["attn"]
+
+        def proj(p, axes):
+            y = jnp.einsum("btd,dne->btne", h, p["kernel"].astype(dt))
+            if "bias" in p:
+                y = y + p["bias"].astype(dt)
+            return constrain(y, ("batch", "seq", axes, "head_dim"))
+
+        q, k, v = proj(attn["q"], "heads"), proj(attn["k"], "kv_heads"), proj(attn["v"], "kv_heads")
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        a = attention(q, k, v, segment_ids, cfg)
+        a = constrain(a, ("batch", "seq", "heads", "head_dim"))
+        out = jnp.einsum("bthe,hed->btd", a, attn["o"]["kernel"].astype(dt))
+        x = x + checkpoint_name(constrain(out, _ACT), "attn_out")
+    with jax.named_scope("mlp"):
+        h = rms_norm(x, layer["mlp_norm"]["scale"], cfg.rms_norm_eps)
+        out = swiglu_mlp(h, layer["mlp"]["wi"]["kernel"], layer["mlp"]["wo"]["kernel"])
+        x = x + checkpoint_name(constrain(out, _ACT), "mlp_out")
+    return x
+
+
+def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
+                  segment_ids: jax.Array | None = None) -> jax.Array:
+    """tokens [B, T] -> final-normed hidden states [B, T, D] in cfg.dtype."""
+    B, T = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
+    with jax.named_scope("embed"):
+        x = params["embed"]["embedding"].astype(cfg.jnp_dtype)[tokens]
+        x = constrain(x, _ACT)
+
+    layer_fn = functools.partial(block, cos=cos, sin=sin, segment_ids=segment_ids, cfg=cfg)
+    if cfg.remat != "none":
+        layer_fn = jax.checkpoint(layer_fn, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+
+    if cfg.scan_layers:
+        x, _ = jax.lax.scan(lambda carry, layer: (layer_fn(carry, layer), None), x, params["layers"])
+    else:
+        for i in range(cfg.num_layers):
+            x = layer_fn(x, jax.tree.map(lambda a: a[i], params["layers"]))
+    return rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
+
+
+def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
+            segment_ids: jax.Array | None = None) -> jax.Array:
+    """tokens [B, T] int -> logits [B, T, V] fp32.
+
+    positions [B, T] (default 0..T-1) feed the rotary tables; segment_ids [B, T] (default one
+    segment) restrict attention to tokens of the same packed document."""
+    x = hidden_states(params, tokens, cfg, positions, segment_ids)
+    with jax.named_scope("output"):
+        logits = jnp.einsum("btd,dv->btv", x, params["output"]["kernel"].astype(x.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "vocab"))

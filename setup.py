@@ -1,0 +1,32 @@
+"""glm-jax: a pure-functional JAX implementation of the GLM-4 model family for TPU pods."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="glm-jax",
+    version="0.1.0",
+    description="GLM-4 in JAX: pure-functional model, sharding, Pallas attention, training, HF interop.",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["glm_jax", "glm_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "grain",
+        "tensorflow-text",
+        "seqio",
+        "ml-collections",
+        "clu",
+        "safetensors",
+        "numpy",
+        "tiktoken",
+    ],
+    extras_require={
+        # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a
+        # multi-GB CUDA download.
+        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers"],
+        "tpu": ["libtpu==0.0.42.1"],
+    },
+)

@@ -1,0 +1,35 @@
+"""Every test sees 8 simulated CPU devices; this must run before jax is imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def debug_cfg():
+    """The debug config (configs/debug.py), validated."""
+    from glm_jax import config
+
+    return config.load(os.path.join(REPO, "configs", "debug.py"))
+
+
+def tiny_model(**overrides):
+    """A 2-layer GLM small enough for per-test compiles; fields overridable."""
+    from glm_jax.config import ModelConfig
+
+    base = dict(name="tiny", vocab_size=128, hidden_size=64, num_layers=2, num_heads=8, kv_groups=2, head_dim=16,
+                ffn_hidden_size=96, rms_norm_eps=1e-5, rope_ratio=3.0, max_seq_len=256)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def replace(cfg, **kw):
+    return dataclasses.replace(cfg, **kw)
