@@ -10,7 +10,7 @@ are tagged with `checkpoint_name` ("attn_out", "mlp_out") for the named policy.
 
 from __future__ import annotations
 
-import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +32,12 @@ def _remat_policy(name: str):
     }[name]
 
 
-def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array | None,
-          cfg: ModelConfig) -> jax.Array:
-    """One GLM layer. x [B, T, D]; `layer` is one slice of params["layers"] (no L axis)."""
+def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Callable, cfg: ModelConfig):
+    """One GLM layer. x [B, T, D]; `layer` is one slice of params["layers"] (no L axis).
+
+    `attend(q [B,T,H,E], k [B,T,K,E], v [B,T,K,E]) -> (out [B,T,H,E], aux)` does the attention
+    (training: the attention backend over the segment mask; decoding: against a KV cache, with
+    the updated cache as `aux`). Returns (x, aux)."""
     dt = x.dtype
     with jax.named_scope("attention"):
         h = rms_norm(x, layer["attn_norm"]["scale"], cfg.rms_norm_eps)
@@ -48,7 +51,7 @@ def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, segment_ids
 
         q, k, v = proj(attn["q"], "heads"), proj(attn["k"], "kv_heads"), proj(attn["v"], "kv_heads")
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        a = attention(q, k, v, segment_ids, cfg)
+        a, aux = attend(q, k, v)
         a = constrain(a, ("batch", "seq", "heads", "head_dim"))
         out = jnp.einsum("bthe,hed->btd", a, attn["o"]["kernel"].astype(dt))
         x = x + checkpoint_name(constrain(out, _ACT), "attn_out")
@@ -56,7 +59,21 @@ def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, segment_ids
         h = rms_norm(x, layer["mlp_norm"]["scale"], cfg.rms_norm_eps)
         out = swiglu_mlp(h, layer["mlp"]["wi"]["kernel"], layer["mlp"]["wo"]["kernel"])
         x = x + checkpoint_name(constrain(out, _ACT), "mlp_out")
-    return x
+    return x, aux
+
+
+def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """tokens [B, T] -> [B, T, D] in cfg.dtype."""
+    with jax.named_scope("embed"):
+        return constrain(params["embed"]["embedding"].astype(cfg.jnp_dtype)[tokens], _ACT)
+
+
+def logits_from_hidden(params: dict, x: jax.Array) -> jax.Array:
+    """Final-normed hidden states [B, T, D] -> logits [B, T, V] fp32 (untied output layer)."""
+    with jax.named_scope("output"):
+        logits = jnp.einsum("btd,dv->btv", x, params["output"]["kernel"].astype(x.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "vocab"))
 
 
 def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
@@ -66,14 +83,16 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: 
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
-    with jax.named_scope("embed"):
-        x = params["embed"]["embedding"].astype(cfg.jnp_dtype)[tokens]
-        x = constrain(x, _ACT)
+    x = embed(params, tokens, cfg)
 
-    layer_fn = functools.partial(block, cos=cos, sin=sin, segment_ids=segment_ids, cfg=cfg)
+    def attend(q, k, v):
+        return attention(q, k, v, segment_ids, cfg), None
+
+    def layer_fn(x, layer):
+        return block(x, layer, cos, sin, attend, cfg)[0]
+
     if cfg.remat != "none":
         layer_fn = jax.checkpoint(layer_fn, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
-
     if cfg.scan_layers:
         x, _ = jax.lax.scan(lambda carry, layer: (layer_fn(carry, layer), None), x, params["layers"])
     else:
@@ -88,8 +107,4 @@ def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Ar
 
     positions [B, T] (default 0..T-1) feed the rotary tables; segment_ids [B, T] (default one
     segment) restrict attention to tokens of the same packed document."""
-    x = hidden_states(params, tokens, cfg, positions, segment_ids)
-    with jax.named_scope("output"):
-        logits = jnp.einsum("btd,dv->btv", x, params["output"]["kernel"].astype(x.dtype),
-                            preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "seq", "vocab"))
+    return logits_from_hidden(params, hidden_states(params, tokens, cfg, positions, segment_ids))
