@@ -17,31 +17,66 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax.config import ModelConfig
+from glm_jax.kernels import context_parallel
 
 
-def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-    """q [B, T, H, E], k/v [B, S, K, E], segment_ids [B, T] or None -> [B, T, H, E].
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = visible) -> [B, T, H, E].
 
     K/V are not repeated: queries are viewed as [B, T, K, G, E] and contract against their
-    group's kv head. Key i is visible to query t iff i <= t and both share a segment id."""
+    group's kv head. Softmax in fp32."""
     B, T, H, E = q.shape
     K = k.shape[2]
     qg = q.reshape(B, T, K, H // K, E)
     logits = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
     logits = logits * (1.0 / jnp.sqrt(jnp.float32(E)))
-    mask = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(B, T, H, E).astype(q.dtype)
 
 
+def causal_segment_mask(q_index: jax.Array, k_index: jax.Array, q_segment_ids: jax.Array | None,
+                        k_segment_ids: jax.Array | None) -> jax.Array:
+    """q_index [T] / k_index [S] (token order in the sequence), segment ids [B, T] / [B, S] or
+    None -> mask [B or 1, T, S]: key visible iff it comes no later and shares the segment."""
+    mask = (k_index[None, :] <= q_index[:, None])[None]
+    if q_segment_ids is not None:
+        mask = mask & (q_segment_ids[:, :, None] == k_segment_ids[:, None, :])
+    return mask
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None -> [B, T, H, E].
+
+    Key i is visible to query t iff i <= t and both share a segment id. O(T^2) memory."""
+    index = jnp.arange(q.shape[1])
+    return masked_attention(q, k, v, causal_segment_mask(index, index, segment_ids, segment_ids))
+
+
 def _backends() -> dict[str, Callable]:
     return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg)}
 
 
+def _context_parallel_backends() -> dict[str, Callable]:
+    """Per-shard attention for context parallelism: local queries against all-gathered K/V."""
+
+    def reference(q, k, v, q_index, k_index, q_seg, k_seg, cfg):
+        return masked_attention(q, k, v, causal_segment_mask(q_index, k_index, q_seg, k_seg))
+
+    return {"reference": reference}
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, cfg: ModelConfig) -> jax.Array:
-    """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None -> [B, T, H, E]."""
+    """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None -> [B, T, H, E].
+
+    With a `sequence` mesh axis > 1 the inputs are in context_parallel's load-balanced layout
+    and attention runs per sequence shard (see glm_jax.kernels.context_parallel)."""
+    if context_parallel.num_shards() > 1:
+        local = _context_parallel_backends()
+        if cfg.attention not in local:
+            raise ValueError(f"model.attention={cfg.attention!r} has no context-parallel path yet; "
+                             f"use one of {sorted(local)} with mesh.sequence > 1")
+        fn = local[cfg.attention]
+        return context_parallel.attention(q, k, v, segment_ids, lambda *a: fn(*a, cfg))
     return _backends()[cfg.attention](q, k, v, segment_ids, cfg)

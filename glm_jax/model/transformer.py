@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from glm_jax.config import ModelConfig
+from glm_jax.kernels import context_parallel
 from glm_jax.model.attention import attention
 from glm_jax.model.layers import apply_rotary, rms_norm, rotary_tables, swiglu_mlp
 from glm_jax.sharding import constrain
@@ -82,6 +83,11 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: 
     B, T = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    shards = context_parallel.num_shards()
+    if shards > 1:  # load-balanced context-parallel layout; undone on the way out
+        tokens, positions = context_parallel.to_layout(tokens, shards), context_parallel.to_layout(positions, shards)
+        if segment_ids is not None:
+            segment_ids = context_parallel.to_layout(segment_ids, shards)
     cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
     x = embed(params, tokens, cfg)
 
@@ -98,6 +104,8 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: 
     else:
         for i in range(cfg.num_layers):
             x = layer_fn(x, jax.tree.map(lambda a: a[i], params["layers"]))
+    if shards > 1:
+        x = constrain(context_parallel.from_layout(x, shards), _ACT)
     return rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
 
 

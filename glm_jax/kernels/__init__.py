@@ -1,0 +1,1 @@
+"""Pallas attention kernels and the shard_map wrappers that place their collectives."""

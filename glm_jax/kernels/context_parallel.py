@@ -1,0 +1,105 @@
+"""Context parallelism: the sequence is split over the mesh's `sequence` axis.
+
+Layout. With N sequence shards the sequence is cut into 2N chunks and shard i holds chunks i and
+2N-1-i (a front and a back chunk), so every shard does the same amount of causal attention work.
+`to_layout` / `from_layout` permute a [B, T, ...] array into / out of this order; everything but
+attention is position-wise, so the model permutes its inputs once on entry and its hidden states
+once on exit.
+
+Attention. Inside `jax.shard_map`, each shard all-gathers K/V (and their segment ids) along the
+sequence axis (cheap: GLM-4 has 2-4 kv heads) and attends its local queries against them; the
+causal mask uses every token's original index, so the result equals single-shard attention.
+The per-shard attention is passed in (`local_attention`), so any backend that accepts token
+indices can run here.
+
+Letters: B batch, T sequence (global), C = T / 2N chunk, H heads, K kv heads, E head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from glm_jax.sharding import LOGICAL_RULES
+
+AXIS = "sequence"
+
+
+def num_shards() -> int:
+    """Size of the sequence axis of the current mesh (1 when no mesh is set)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty or AXIS not in mesh.axis_names else mesh.shape[AXIS]
+
+
+def layout_order(seq_len: int, shards: int) -> np.ndarray:
+    """[T] original index of the token at each slot of the load-balanced layout."""
+    if seq_len % (2 * shards):
+        raise ValueError(f"sequence length {seq_len} must be a multiple of 2 x the sequence axis ({2 * shards}) "
+                         f"for the load-balanced context-parallel layout; set train.seq_len accordingly")
+    chunks = np.arange(seq_len).reshape(2 * shards, seq_len // (2 * shards))
+    return np.concatenate([np.concatenate([chunks[i], chunks[2 * shards - 1 - i]]) for i in range(shards)])
+
+
+def to_layout(x: jax.Array, shards: int) -> jax.Array:
+    """[B, T, ...] in original order -> layout order."""
+    return jnp.take(x, jnp.asarray(layout_order(x.shape[1], shards)), axis=1)
+
+
+def from_layout(x: jax.Array, shards: int) -> jax.Array:
+    """[B, T, ...] in layout order -> original order."""
+    return jnp.take(x, jnp.asarray(np.argsort(layout_order(x.shape[1], shards))), axis=1)
+
+
+def _mesh_axes(logical: str, mesh, dim: int):
+    """Mesh axes a dim of size `dim` shards over inside the shard_map (None if they don't divide it)."""
+    axes = tuple(a for a in LOGICAL_RULES[logical] if mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if not axes or dim % size:
+        return None
+    return axes if len(axes) > 1 else axes[0]
+
+
+LocalAttention = Callable[..., jax.Array]
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
+              local_attention: LocalAttention) -> jax.Array:
+    """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None, all in layout order and
+    sharded over the sequence axis -> [B, T, H, E] in layout order.
+
+    local_attention(q [b, t, h, E], k [b, T, k, E], v, q_index [t], k_index [T], q_seg [b, t],
+    k_seg [b, T]) -> [b, t, h, E] runs on each shard."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = mesh.shape[AXIS]
+    B, T, H, E = q.shape
+    K = k.shape[2]
+    if segment_ids is None:
+        segment_ids = jnp.ones((B, T), jnp.int32)
+    batch = _mesh_axes("batch", mesh, B)
+    heads = _mesh_axes("heads", mesh, H)
+    kv_heads = _mesh_axes("kv_heads", mesh, K) if heads is not None else None
+    order = jnp.asarray(layout_order(T, shards))
+    group = H // K
+
+    def per_shard(q, k, v, seg):
+        t = q.shape[1]
+        k_all = jax.lax.all_gather(k, AXIS, axis=1, tiled=True)
+        v_all = jax.lax.all_gather(v, AXIS, axis=1, tiled=True)
+        seg_all = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True)
+        q_index = jax.lax.dynamic_slice_in_dim(order, jax.lax.axis_index(AXIS) * t, t)
+        if heads is not None and kv_heads is None:
+            # Q heads are split over the tensor axis but the few kv heads are not: give each
+            # local query head its own group's kv head.
+            h0 = jax.lax.axis_index(heads) * q.shape[2] if isinstance(heads, str) else 0
+            pick = (h0 + jnp.arange(q.shape[2])) // group
+            k_all, v_all = jnp.take(k_all, pick, axis=2), jnp.take(v_all, pick, axis=2)
+        return local_attention(q, k_all, v_all, q_index, order, seg, seg_all)
+
+    q_spec = P(batch, AXIS, heads, None)
+    kv_spec = P(batch, AXIS, kv_heads, None)
+    return jax.shard_map(per_shard, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, P(batch, AXIS)),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
