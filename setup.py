@@ -22,6 +22,7 @@ setup(
         "safetensors",
         "numpy",
         "tiktoken",
+        "matplotlib",
     ],
     extras_require={
         # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a

@@ -1,0 +1,1 @@
+"""Evaluations of trained checkpoints (`python -m glm_jax.eval passkey ...`)."""
