@@ -67,6 +67,10 @@ def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
     return ranks
 
 
+def _as_bytes(b) -> bytes:
+    return b.item() if isinstance(b, np.ndarray) else b
+
+
 def _file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
@@ -118,7 +122,7 @@ class GLMTokenizer(seqio.Vocabulary):
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         # A py_function: fine before the ArrayRecord cache, never inside a checkpointed iterator.
-        ids = tf.numpy_function(lambda b: np.asarray(self._encode(b.decode("utf-8")), np.int32),
+        ids = tf.numpy_function(lambda b: np.asarray(self._encode(_as_bytes(b).decode("utf-8")), np.int32),
                                 [s], tf.int32, stateful=False)
         return tf.ensure_shape(ids, [None])
 
