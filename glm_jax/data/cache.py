@@ -106,8 +106,11 @@ def _build(task: seqio.Task, final: str) -> None:
                 record += np.asarray(ex["label_mask"], np.uint8).tobytes()
             writer.write(record)
             lengths.append(len(ids))
-    finally:
+    except BaseException:
         writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    writer.close()
     if not lengths:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"task {task.name!r} produced no examples; check its files")
