@@ -177,6 +177,10 @@ def make_dataset(cfg: Config, *, process_index: int, process_count: int) -> grai
     rows = pack(ds, cfg, num_bins=cfg.data.packing_bins or 4 * local_batch)
     batched = rows.batch(local_batch, drop_remainder=True)
     if cfg.data.num_workers:
+        from absl import flags  # grain's workers read absl flags; a library caller may not have parsed any
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
     return batched
 
