@@ -53,7 +53,8 @@ def validate(conv: Any, where: str) -> None:
             if not isinstance(call, dict) or not isinstance(call.get("name"), str) or "arguments" not in call:
                 raise DataError(f"{at}: `tool_call` needs `name` (string) and `arguments`")
         elif not isinstance(m.get("content"), str):
-            raise DataError(f"{at}: needs a string `content`" + (" or a `tool_call`" if m["role"] == "assistant" else ""))
+            alt = " or a `tool_call`" if m["role"] == "assistant" else ""
+            raise DataError(f"{at}: needs a string `content`{alt}")
     if conv["messages"][-1]["role"] != "assistant":
         raise DataError(f"{where}: the last message must be the assistant's (it is what training learns)")
 

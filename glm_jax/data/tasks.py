@@ -11,7 +11,8 @@ Your own data: `register_text_task(name, "dir/*.jsonl.gz")` (one document per js
 
 Each Task tokenizes with its output feature `targets`' vocabulary (a `seqio.Vocabulary` from
 tokenizer.py) and has a `label_mask` feature (1 = a token training predicts): text -> ids +
-`<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks. The loader materializes a Task once into an ArrayRecord cache (cache.py) and serves it
+`<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks.
+The loader materializes a Task once into an ArrayRecord cache (cache.py) and serves it
 with grain; seqio's feature converters are never used, since they treat token id 0 as padding.
 """
 

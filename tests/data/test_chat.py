@@ -86,7 +86,8 @@ def test_bundled_sft_set_is_dozens_of_zh_and_en_conversations_with_tool_calls():
 @pytest.mark.parametrize("conv, match", [
     ({"message": []}, "non-empty `messages`"),
     ({"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\]: `role` must be one of"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}, r"messages\[1\]: needs a string `content`"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]},
+     r"messages\[1\]: needs a string `content`"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_call": {"name": "f"}}]},
      "`tool_call` needs `name`"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant's"),

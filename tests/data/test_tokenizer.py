@@ -11,7 +11,8 @@ from glm_jax.data import tokenizer as tok_lib
 from glm_jax.data.errors import DataError
 from tests.data.conftest import corpus_texts
 
-EXTRA = ["emoji 😀👍🏽 and 🇨🇳 flags", "混合 mixed 文本 with tabs\tand\r\nCRLF", "ümlaut naïve café", "   leading spaces",
+EXTRA = ["emoji 😀👍🏽 and 🇨🇳 flags", "混合 mixed 文本 with tabs\tand\r\nCRLF", "ümlaut naïve café",
+         "   leading spaces",
          "def f(x):\n    return x ** 2  # 平方\n", "<|user|>[gMASK]<sop> typed as text", "!!!", ""]
 
 
