@@ -16,6 +16,7 @@ filesystem, a restarted run) never see a partial cache. Content is deterministic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -52,12 +53,19 @@ def cache_dir_for(configured: str) -> str:
     return configured or os.environ.get("GLM_JAX_DATA_CACHE", "") or DEFAULT_CACHE_DIR
 
 
+def _fn_name(fn) -> str:
+    """A process-independent name (no memory addresses) for a preprocessor."""
+    if isinstance(fn, functools.partial):
+        return f"{_fn_name(fn.func)}{sorted(fn.keywords.items())}"
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
 def _key(task: seqio.Task) -> str:
     vocab = task.output_features["targets"].vocabulary
     desc = {"format": FORMAT_VERSION, "task": task.name,
             "vocab": getattr(vocab, "fingerprint", repr(vocab)),
             "source": task.source.fingerprint() if hasattr(task.source, "fingerprint") else repr(task.source),
-            "preprocessors": [getattr(p, "__name__", None) or repr(getattr(p, "func", p)) for p in task.preprocessors],
+            "preprocessors": [_fn_name(p) for p in task.preprocessors],
             "features": sorted(task.output_features)}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 

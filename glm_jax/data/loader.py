@@ -77,6 +77,9 @@ class _ReadPiece:
         self._cached = cached
         self._source = None
 
+    def __getstate__(self):  # sent to grain worker processes: each opens its own reader
+        return {"_cached": self._cached, "_source": None}
+
     def __call__(self, piece) -> dict:
         if self._source is None:  # opened lazily, in whichever thread/process reads
             self._source = ArrayRecordDataSource(self._cached.path)

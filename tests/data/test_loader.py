@@ -13,7 +13,7 @@ import pytest
 
 from glm_jax import model
 from glm_jax.config import ConfigError
-from glm_jax.data import loader, tasks
+from glm_jax.data import chat, loader, tasks
 from glm_jax.data.errors import DataError
 from glm_jax.data.tokenizer import bundled_tokenizer
 from tests.conftest import REPO, tiny_model
@@ -164,7 +164,9 @@ def test_resume_in_a_new_process(data_cfg, cache_dir, tmp_path):
         np.savez({str(tmp_path / 'out.npz')!r}, **{{f"{{k}}_{{i}}": b[k] for i, b in enumerate(bs) for k in b}})
     """)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    cached = sorted(os.listdir(cache_dir))
     subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True, timeout=300)
+    assert sorted(os.listdir(cache_dir)) == cached  # the new process reuses the tokenized cache
     out = np.load(tmp_path / "out.npz")
     _assert_same([{k: out[f"{k}_{i}"] for k in loader.FEATURES} for i in range(3)], want)
 
@@ -206,14 +208,23 @@ def test_mixture_samples_tasks_by_rate(data_cfg):
     assert 0.35 < zh / 400 < 0.55  # only bundled_zh (rate 0.45) is Chinese text
 
 
-def test_chat_sft_loss_mask_is_the_assistant_text(data_cfg):
+def test_chat_sft_rows_carry_the_rendered_assistant_mask(data_cfg):
+    """Each packed conversation: targets = its next ids, loss_mask = chat.render's label mask shifted by one."""
     cfg = data_cfg("train.seq_len=1024", "train.batch_size=2", "data.mixture='bundled_chat_sft'")
-    b = next(loader.make_iterator(cfg, process_index=0, process_count=1))
     vocab = bundled_tokenizer()
-    said = vocab.decode(b["targets"][b["loss_mask"] > 0].tolist())
-    prompt = vocab.decode(b["targets"][(b["loss_mask"] == 0) & (b["segment_ids"] > 0)].tolist())
-    assert "<|assistant|>" not in said and "<|user|>" in prompt and "[gMASK]" not in said
-    assert 0 < (b["loss_mask"] > 0).sum() < (b["segment_ids"] > 0).sum()
+    with open(os.path.join(REPO, "data", "sft", "chat_sft.jsonl"), encoding="utf-8") as f:
+        rendered = {tuple(ids.tolist()): (ids, mask) for ids, mask in
+                    (chat.render(json.loads(line), vocab) for line in f)}
+    it = loader.make_iterator(cfg, process_index=0, process_count=1)
+    seen = 0
+    for _ in range(3):
+        b = next(it)
+        for tokens, targets, positions, mask in _segments([{k: v[r] for k, v in b.items()} for r in range(2)]):
+            ids, label = rendered[tuple(tokens.tolist())]
+            assert targets.tolist() == ids[1:].tolist() + [0]
+            assert mask.tolist() == label[1:].tolist() + [0]
+            seen += 1
+    assert seen >= 6
 
 
 def test_bad_input_is_a_clear_error(data_cfg, tmp_path):
