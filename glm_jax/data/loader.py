@@ -52,6 +52,7 @@ class TaskStream:
     cached: cache_lib.CachedTask
     rate: float
     pieces: np.ndarray
+    vocab: object  # the seqio.Vocabulary the cache was tokenized with
 
 
 def piece_table(cached: cache_lib.CachedTask, seq_len: int) -> np.ndarray:
@@ -120,7 +121,7 @@ def task_streams(cfg: Config) -> list[TaskStream]:
                               f"{task.name!r} ({task_vocab.vocab_size} ids incl. specials, {task_vocab!r}); "
                               f"raise model.vocab_size or use a smaller data.tokenizer")
         cached = cache_lib.cache_task(task, cache_lib.cache_dir_for(cfg.data.cache_dir))
-        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len)))
+        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len), task_vocab))
     return streams
 
 
