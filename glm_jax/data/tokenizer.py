@@ -142,7 +142,13 @@ class GLMTokenizer(seqio.Vocabulary):
 
 
 class ChatGLM3Tokenizer(seqio.SentencePieceVocabulary):
-    """ChatGLM3's SentencePiece tokenizer; its 9 specials follow the pieces (ids n_pieces + i)."""
+    """ChatGLM3's SentencePiece tokenizer; its 9 specials follow the pieces (ids n_pieces + i).
+
+    `special_id` also answers GLM-4's names (`<sop>`, `<eop>`, `<|endoftext|>` = the pieces' EOS),
+    so chat.render and the tasks work with either tokenizer.
+    """
+
+    _GLM4_NAMES = {"<sop>": "sop", "<eop>": "eop"}
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
@@ -154,6 +160,9 @@ class ChatGLM3Tokenizer(seqio.SentencePieceVocabulary):
         self.fingerprint = f"spm-{_file_digest(self.path)}"
 
     def special_id(self, name: str) -> int:
+        if name == "<|endoftext|>":
+            return self.eos_id
+        name = self._GLM4_NAMES.get(name, name)
         if name not in self.specials:
             raise DataError(f"{name!r} is not a special token of {self.path}; known: {list(self.specials)}")
         return self.specials[name]

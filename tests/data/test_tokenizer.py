@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
+from glm_jax.data import chat
 from glm_jax.data import tokenizer as tok_lib
 from glm_jax.data.errors import DataError
 from tests.data.conftest import corpus_texts
@@ -103,6 +104,13 @@ def test_sentencepiece_chatglm3_format(tmp_path, corpus):
     ids = vocab.encode(sample)
     assert max(ids) < 1200 and vocab.decode(ids) == sample
     assert vocab.decode([vocab.special_id("<|user|>"), *ids]) == "<|user|>" + sample
+    tf = pytest.importorskip("tensorflow")
+    assert vocab.encode_tf(tf.constant(sample)).numpy().tolist() == list(ids)  # tensorflow-text agrees
+    # GLM-4 names resolve too, so the chat format renders with ChatGLM3's tokenizer.
+    conv = {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hi"}]}
+    rendered, mask = chat.render(conv, vocab)
+    assert rendered[:2].tolist() == [vocab.special_id("[gMASK]"), vocab.specials["sop"]]
+    assert rendered[-1] == vocab.eos_id and vocab.decode(rendered[mask > 0][:-1].tolist()) == "\nHi"
 
 
 def test_bad_tokenizer_files_name_the_file(tmp_path):
