@@ -182,8 +182,9 @@ def with_vocabulary(task: seqio.Task, vocab) -> seqio.Task:
     features = {k: (f if isinstance(f.vocabulary, seqio.PassThroughVocabulary)
                     else seqio.Feature(vocab, add_eos=f.add_eos, dtype=f.dtype))
                 for k, f in task.output_features.items()}
-    return seqio.Task(f"{task.name}@{vocab.fingerprint}", source=task.source, preprocessors=task.preprocessors,
-                      output_features=features, metric_fns=[])
+    name = f"{task.name}#{vocab.fingerprint.replace('-', '_')}"  # seqio names allow [\w.:#]
+    return seqio.Task(name, source=task.source, preprocessors=task.preprocessors, output_features=features,
+                      metric_fns=[])
 
 
 def _register_bundled() -> None:

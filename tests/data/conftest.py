@@ -1,6 +1,8 @@
 """Shared fixtures: one tokenized-data cache per test session, and debug configs that use it."""
 
+import base64
 import gzip
+import itertools
 import json
 import os
 
@@ -28,3 +30,14 @@ def data_cfg(cache_dir):
 def corpus_texts(name):
     with gzip.open(os.path.join(REPO, "data", "corpus", f"{name}.jsonl.gz"), "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
+
+
+def write_glm4_sized_tiktoken(path, num_ranks=151329):
+    """A tiktoken-format file with as many ranks as GLM-4's: all 1-, 2- and then 3-byte strings."""
+    tokens = itertools.chain((bytes([b]) for b in range(256)),
+                             (bytes([a, b]) for a in range(256) for b in range(256)),
+                             (bytes([a, b, c]) for a in range(256) for b in range(256) for c in range(256)))
+    with open(path, "w") as f:
+        for rank, t in enumerate(itertools.islice(tokens, num_ranks)):
+            f.write(f"{base64.b64encode(t).decode()} {rank}\n")
+    return str(path)

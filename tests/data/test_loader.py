@@ -17,7 +17,7 @@ from glm_jax.data import chat, loader, tasks
 from glm_jax.data.errors import DataError
 from glm_jax.data.tokenizer import bundled_tokenizer
 from tests.conftest import REPO, tiny_model
-from tests.data.conftest import corpus_texts
+from tests.data.conftest import corpus_texts, write_glm4_sized_tiktoken
 
 SEQ = 64
 
@@ -225,6 +225,23 @@ def test_chat_sft_rows_carry_the_rendered_assistant_mask(data_cfg):
             assert mask.tolist() == label[1:].tolist() + [0]
             seen += 1
     assert seen >= 6
+
+
+def test_data_tokenizer_retokenizes_the_tasks(data_cfg, pack_task, tmp_path):
+    """`data.tokenizer` = a GLM-4-sized tiktoken file: the same task, tokenized with that file."""
+    from glm_jax.data.tokenizer import load_tokenizer
+
+    path = write_glm4_sized_tiktoken(tmp_path / "tokenizer.model")
+    cfg = data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'", f"data.tokenizer={path!r}",
+                   "model.vocab_size=151552")
+    vocab = load_tokenizer(path)
+    streams = loader.task_streams(cfg)
+    assert streams[0].vocab == vocab and streams[0].cached.name.startswith("test_pack_docs#")
+    texts = [bundled_tokenizer().decode(d[:-1]) for d in pack_task]
+    docs = [vocab.encode(t) + [vocab.special_id("<|endoftext|>")] for t in texts]
+    assert docs[0][-1] == 151329
+    _, counts = _pieces(docs, SEQ)
+    assert collections.Counter(tuple(s[0].tolist()) for s in _segments(_epoch_rows(cfg))) == counts
 
 
 def test_bad_input_is_a_clear_error(data_cfg, tmp_path):

@@ -1,6 +1,5 @@
 """Tokenizers: lossless on the bundled corpus, exact special ids, tiktoken == HF tokenizers, bad files."""
 
-import base64
 import itertools
 
 import numpy as np
@@ -10,7 +9,7 @@ import seqio
 from glm_jax.data import chat
 from glm_jax.data import tokenizer as tok_lib
 from glm_jax.data.errors import DataError
-from tests.data.conftest import corpus_texts
+from tests.data.conftest import corpus_texts, write_glm4_sized_tiktoken
 
 EXTRA = ["emoji 😀👍🏽 and 🇨🇳 flags", "混合 mixed 文本 with tabs\tand\r\nCRLF", "ümlaut naïve café",
          "   leading spaces",
@@ -59,13 +58,7 @@ def test_special_tokens_have_exact_ids_and_never_come_from_text(bundled, corpus)
 
 def test_released_glm4_size_puts_specials_at_151329(tmp_path):
     """A file with as many ranks as GLM-4's (151,329) gets specials 151329..151338, vocab fits 151552."""
-    tokens = itertools.chain((bytes([b]) for b in range(256)),
-                             (bytes([a, b]) for a in range(256) for b in range(256)),
-                             (bytes([a, b, c]) for a in range(256) for b in range(256) for c in range(256)))
-    path = tmp_path / "glm4_sized.tiktoken"
-    with open(path, "w") as f:
-        for rank, t in enumerate(itertools.islice(tokens, 151329)):
-            f.write(f"{base64.b64encode(t).decode()} {rank}\n")
+    path = write_glm4_sized_tiktoken(tmp_path / "glm4_sized.tiktoken")
     vocab = tok_lib.load_tokenizer(str(path))
     assert isinstance(vocab, tok_lib.GLMTokenizer)
     assert [vocab.special_id(t) for t in tok_lib.GLM_SPECIAL_TOKENS] == list(range(151329, 151339))
