@@ -23,11 +23,12 @@ setup(
         "numpy",
         "tiktoken",
         "matplotlib",
+        "array-record",  # the tokenized data cache (glm_jax/data/cache.py)
     ],
     extras_require={
         # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a
         # multi-GB CUDA download.
-        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers"],
+        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "sentencepiece"],
         "tpu": ["libtpu==0.0.42.1"],
     },
 )

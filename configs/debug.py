@@ -12,7 +12,7 @@ def get_config(arg=None):
     c = config.default_config_dict()
     c.model.update(
         name="debug",
-        vocab_size=4096,
+        vocab_size=4096,  # the bundled tokenizer: 4086 BPE ranks + 10 GLM specials (data/tokenizer/)
         hidden_size=256,
         num_layers=4,
         num_heads=8,
@@ -27,4 +27,6 @@ def get_config(arg=None):
     )
     c.train.update(seq_len=256, batch_size=8, steps=200, lr=1e-3, warmup_steps=20, log_every=10)
     c.checkpoint.update(every_steps=50, keep=3)
+    # Bundled zh/en/code corpus (data/README.md), tokenized with the bundled tokenizer.
+    c.data.update(mixture="bundled_zh_en", tokenizer="")
     return c

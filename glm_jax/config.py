@@ -190,10 +190,20 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    mixture: str = "bundled_zh_en"  # a registered seqio task or mixture name
+    mixture: str = "bundled_zh_en"  # a registered seqio task or mixture name (glm_jax/data/tasks.py)
     tokenizer: str = ""  # path of a tiktoken-format (GLM-4) or SentencePiece file; "" = the task's own
-    seed: int = 0
+    seed: int = 0  # shuffling (reshuffled per epoch from it) and bin order
     num_workers: int = 0  # grain worker processes (0 = in-process)
+    cache_dir: str = ""  # tokenized ArrayRecord cache; "" = $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
+    packing_bins: int = 0  # rows packed at once (first-fit); 0 = 4 x the per-host batch
+    read_threads: int = 2  # grain threads reading + slicing examples before packing
+
+    def __post_init__(self):
+        _require(bool(self.mixture), "data.mixture", "must name a registered seqio task or mixture")
+        _require(0 <= self.seed < 2**32, "data.seed", f"must be in [0, 2**32), got {self.seed}")
+        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(self.packing_bins >= 0, "data.packing_bins", f"must be >= 0, got {self.packing_bins}")
+        _require(self.read_threads >= 1, "data.read_threads", f"must be >= 1, got {self.read_threads}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,199 @@
+"""seqio Tasks and Mixtures: pretraining text, chat SFT, and the bundled mixture.
+
+Registered on import:
+    bundled_zh, bundled_en, bundled_code   pretraining text from data/corpus/*.jsonl.gz
+    bundled_chat_sft                       chat/tool SFT conversations from data/sft/chat_sft.jsonl
+    bundled_zh_en                          mixture: zh 0.45, en 0.35, code 0.20 (the default)
+    bundled_sft_mix                        mixture: chat 0.5, zh 0.25, en 0.25
+Your own data: `register_text_task(name, "dir/*.jsonl.gz")` (one document per jsonl row, field
+`text_key`; or one per .txt file), `register_chat_task(name, files)`, `register_mixture(name,
+[(task, rate), ...])`, then `--config.data.mixture=name`.
+
+Each Task tokenizes with its output feature `targets`' vocabulary (a `seqio.Vocabulary` from
+tokenizer.py) and has a `label_mask` feature (1 = a token training predicts): text -> ids +
+`<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks.
+The loader materializes a Task once into an ArrayRecord cache (cache.py) and serves it
+with grain; seqio's feature converters are never used, since they treat token id 0 as padding.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import gzip
+import hashlib
+import json
+import os
+from typing import Iterator, Sequence
+
+import seqio
+import tensorflow as tf
+
+from glm_jax.data import chat
+from glm_jax.data.errors import DataError
+from glm_jax.data.paths import DATA_DIR
+from glm_jax.data.tokenizer import bundled_tokenizer
+
+
+class DocumentSource(seqio.FunctionDataSource):
+    """Documents from local files, in sorted file order, split `train`.
+
+    `.jsonl[.gz]`: one document per line, `text_key` field (chat: the whole row is a conversation).
+    `.txt[.gz]`: the whole file is one document. `splittable`: may a document be cut into
+    several rows (text yes; a conversation never).
+    """
+
+    def __init__(self, patterns: str | Sequence[str], *, text_key: str = "text", kind: str = "text"):
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        files = []
+        for p in patterns:
+            matched = sorted(glob.glob(p))
+            if not matched:
+                raise DataError(f"no file matches {p!r}; give existing .jsonl/.jsonl.gz/.txt/.txt.gz paths or globs")
+            files += matched
+        for f in files:
+            if not f.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")):
+                raise DataError(f"{f}: unsupported file type; use .jsonl, .jsonl.gz, .txt or .txt.gz")
+            if kind == "chat" and not f.endswith((".jsonl", ".jsonl.gz")):
+                raise DataError(f"{f}: chat conversations must be .jsonl[.gz], one conversation per line")
+        self.files = tuple(os.path.abspath(f) for f in files)
+        self.text_key = text_key
+        self.kind = kind
+        self.splittable = kind == "text"
+        super().__init__(dataset_fn=self._dataset_fn, splits=("train",))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.kind}|{self.text_key}".encode())
+        for f in self.files:
+            st = os.stat(f)
+            h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    def documents(self) -> Iterator[str]:
+        """Each document's text (chat: the conversation as JSON), validated; errors name file:line."""
+        for path in self.files:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                if path.endswith((".txt", ".txt.gz")):
+                    yield f.read()
+                    continue
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{lineno}"
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{where}: not valid JSON ({e})") from None
+                    if self.kind == "chat":
+                        chat.validate(row, where)
+                        yield json.dumps(row, ensure_ascii=False)
+                    elif not isinstance(row, dict) or not isinstance(row.get(self.text_key), str):
+                        raise DataError(f"{where}: row has no string field {self.text_key!r} "
+                                        f"(set text_key= to the field holding the document)")
+                    else:
+                        yield row[self.text_key]
+
+    def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del split, shuffle_files, seed  # order is fixed; grain shuffles after caching
+        ds = tf.data.Dataset.from_generator(self.documents, output_signature=tf.TensorSpec((), tf.string))
+        return ds.map(lambda s: {"text": s})
+
+
+def render_chat(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
+    """seqio preprocessor: conversation JSON -> {targets: ids, label_mask: 1 where the assistant speaks}."""
+    vocab = output_features["targets"].vocabulary
+
+    def render(s: bytes):
+        ids, mask = chat.render(json.loads(s.decode("utf-8")), vocab)
+        return ids, mask.astype("int32")
+
+    def fn(ex):
+        ids, mask = tf.numpy_function(render, [ex["text"]], (tf.int32, tf.int32), stateful=False)
+        return {"targets": tf.ensure_shape(ids, [None]), "label_mask": tf.ensure_shape(mask, [None])}
+
+    return dataset.map(fn)
+
+
+def full_label_mask(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """seqio preprocessor for text: every token is a label (same features as chat, so both mix)."""
+    return dataset.map(lambda ex: {**ex, "label_mask": tf.ones_like(ex["targets"])})
+
+
+def _features(vocab, kind: str) -> dict:
+    # Chat ids end in <|endoftext|> already (chat.render); text gets it from seqio's append_eos.
+    return {"targets": seqio.Feature(vocab, add_eos=kind == "text", dtype=tf.int32),
+            "label_mask": seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)}
+
+
+def _preprocessors(kind: str) -> list:
+    if kind == "chat":
+        return [render_chat]
+    return [functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+            seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, full_label_mask]
+
+
+def _add_task(name: str, source: DocumentSource, vocab) -> seqio.Task:
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(name, source=source, preprocessors=_preprocessors(source.kind),
+                                  output_features=_features(vocab, source.kind), metric_fns=[])
+
+
+def register_text_task(name: str, files: str | Sequence[str], *, vocabulary=None, text_key: str = "text"):
+    """Pretraining text from files/globs (.jsonl[.gz] rows with `text_key`, or whole .txt[.gz] files)."""
+    return _add_task(name, DocumentSource(files, text_key=text_key), vocabulary or bundled_tokenizer())
+
+
+def register_chat_task(name: str, files: str | Sequence[str], *, vocabulary=None):
+    """Chat/tool SFT from .jsonl[.gz] conversations (format: glm_jax/data/chat.py)."""
+    return _add_task(name, DocumentSource(files, kind="chat"), vocabulary or bundled_tokenizer())
+
+
+def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float]]) -> seqio.Mixture:
+    """A mixture sampling each registered task by its rate; unknown names fail here."""
+    known = set(seqio.TaskRegistry.names())
+    for task, rate in tasks_and_rates:
+        if task not in known:
+            raise DataError(f"mixture {name!r} names task {task!r}, which is not registered; "
+                            f"registered tasks: {sorted(known)}")
+        if not rate > 0:
+            raise DataError(f"mixture {name!r}: rate of task {task!r} must be > 0, got {rate}")
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, list(tasks_and_rates))
+
+
+def tasks_and_rates(name: str) -> list[tuple[seqio.Task, float]]:
+    """[(task, rate)] of a registered task (rate 1) or mixture; an unknown name raises DataError."""
+    if name in seqio.TaskRegistry.names():
+        return [(seqio.TaskRegistry.get(name), 1.0)]
+    if name in seqio.MixtureRegistry.names():
+        mixture = seqio.MixtureRegistry.get(name)
+        return [(t, float(mixture.get_rate(t))) for t in mixture.tasks]
+    raise DataError(f"unknown task or mixture {name!r}; registered tasks: {sorted(seqio.TaskRegistry.names())}, "
+                    f"mixtures: {sorted(seqio.MixtureRegistry.names())}")
+
+
+def with_vocabulary(task: seqio.Task, vocab) -> seqio.Task:
+    """The same task tokenized with `vocab` (unregistered; used for `data.tokenizer`)."""
+    if task.output_features["targets"].vocabulary == vocab:
+        return task
+    features = {k: (f if isinstance(f.vocabulary, seqio.PassThroughVocabulary)
+                    else seqio.Feature(vocab, add_eos=f.add_eos, dtype=f.dtype))
+                for k, f in task.output_features.items()}
+    name = f"{task.name}#{vocab.fingerprint.replace('-', '_')}"  # seqio names allow [\w.:#]
+    return seqio.Task(name, source=task.source, preprocessors=task.preprocessors, output_features=features,
+                      metric_fns=[])
+
+
+def _register_bundled() -> None:
+    corpus = os.path.join(DATA_DIR, "corpus")
+    for lang in ("zh", "en", "code"):
+        register_text_task(f"bundled_{lang}", os.path.join(corpus, f"{lang}.jsonl.gz"))
+    register_chat_task("bundled_chat_sft", os.path.join(DATA_DIR, "sft", "chat_sft.jsonl"))
+    register_mixture("bundled_zh_en", [("bundled_zh", 0.45), ("bundled_en", 0.35), ("bundled_code", 0.20)])
+    register_mixture("bundled_sft_mix", [("bundled_chat_sft", 0.5), ("bundled_zh", 0.25), ("bundled_en", 0.25)])
+
+
+_register_bundled()

@@ -1,0 +1,214 @@
+"""Tokenizers, each a `seqio.Vocabulary` so seqio Tasks use them directly.
+
+- `GLMTokenizer`: the GLM-4 format. A tiktoken-format file (`base64(token bytes) rank` per line,
+  ranks 0..N-1; 151,329 of them in the released `tokenizer.model`), the cl100k-style split
+  regex, and the 10 special tokens appended after the ranks in `GLM_SPECIAL_TOKENS` order
+  (151329..151338 for the released file). The BPE itself is tiktoken's.
+- `ChatGLM3Tokenizer`: ChatGLM3's SentencePiece `tokenizer.model` through seqio's
+  `SentencePieceVocabulary`, with ChatGLM3's 9 special tokens appended after the pieces.
+- `load_tokenizer(path)` picks the class from the file's content; `bundled_tokenizer()` is the
+  small GLM-format tokenizer trained on the bundled corpus (data/tokenizer/, see
+  data/train_tokenizer.py), used by configs/debug.py.
+
+Special tokens are only ever produced by name (`special_id`); `encode` of plain text never
+yields one, even for text such as "<|user|>". Token id 0 is a real token (seqio's `pad_id` 0 is
+not a padding token here; the loader carries explicit masks and never pads with meaning).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+import tiktoken
+
+from glm_jax.data.errors import DataError
+from glm_jax.data.paths import DATA_DIR
+
+# cl100k-style pre-tokenizer split (GLM-4's `pat_str`).
+SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GLM_SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
+                      "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+# ChatGLM3's names for the same roles (its SentencePiece file has no specials; they follow the pieces).
+CHATGLM3_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
+                           "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+BUNDLED_TOKENIZER = os.path.join(DATA_DIR, "tokenizer", "bundled.tiktoken")
+
+
+def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
+    """Reads a tiktoken-format file into {token bytes: rank}; ranks must be exactly 0..N-1."""
+    if not os.path.isfile(path):
+        raise DataError(f"tokenizer file {path!r} does not exist; pass a tiktoken-format file "
+                        f"(`base64 rank` per line, e.g. GLM-4's tokenizer.model) or a SentencePiece .model")
+    ranks: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            try:
+                token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+                if len(parts) != 2:
+                    raise ValueError
+            except (ValueError, IndexError, binascii.Error):
+                raise DataError(f"{path}:{lineno}: expected `<base64 token> <rank>`, got "
+                                f"{line[:80]!r}") from None
+            ranks[token] = rank
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise DataError(f"{path}: ranks must be the distinct integers 0..{len(ranks) - 1}")
+    return ranks
+
+
+def _as_bytes(b) -> bytes:
+    return b.item() if isinstance(b, np.ndarray) else b
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+class GLMTokenizer(seqio.Vocabulary):
+    """GLM-4 tokenizer: tiktoken BPE over a `base64 rank` file + GLM's 10 specials after the ranks.
+
+    ids: [0, num_ranks) byte-level BPE tokens; num_ranks + i = GLM_SPECIAL_TOKENS[i].
+    """
+
+    def __init__(self, path: str, special_tokens: Sequence[str] = GLM_SPECIAL_TOKENS):
+        super().__init__(extra_ids=0)
+        self.path = os.path.abspath(path)
+        ranks = read_tiktoken_ranks(self.path)
+        self.num_ranks = len(ranks)
+        self.specials = {name: self.num_ranks + i for i, name in enumerate(special_tokens)}
+        self._id_to_special = {i: name for name, i in self.specials.items()}
+        self.fingerprint = f"glm-{_file_digest(self.path)}"
+        self._enc = tiktoken.Encoding(name=self.fingerprint, pat_str=SPLIT_PATTERN,
+                                      mergeable_ranks=ranks, special_tokens=self.specials)
+
+    def special_id(self, name: str) -> int:
+        if name not in self.specials:
+            raise DataError(f"{name!r} is not a special token of {self.path}; known: {list(self.specials)}")
+        return self.specials[name]
+
+    @property
+    def eos_id(self) -> int:
+        return self.specials["<|endoftext|>"]
+
+    @property
+    def unk_id(self) -> None:
+        return None  # byte-level: every string is encodable
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.num_ranks + len(self.specials)
+
+    def _encode(self, s: str) -> list[int]:
+        return self._enc.encode_ordinary(s)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` for many strings at once (tiktoken runs them on its thread pool)."""
+        return self._enc.encode_ordinary_batch(list(texts))
+
+    def _decode(self, ids) -> str:
+        return self._enc.decode([int(i) for i in ids], errors="replace")
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        # A py_function: fine before the ArrayRecord cache, never inside a checkpointed iterator.
+        ids = tf.numpy_function(lambda b: np.asarray(self._encode(_as_bytes(b).decode("utf-8")), np.int32),
+                                [s], tf.int32, stateful=False)
+        return tf.ensure_shape(ids, [None])
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        text = tf.numpy_function(lambda a: self._decode(a.tolist()).encode("utf-8"), [ids], tf.string,
+                                 stateful=False)
+        return tf.ensure_shape(text, [])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GLMTokenizer) and self.fingerprint == other.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"GLMTokenizer({self.path!r}, ranks={self.num_ranks}, vocab_size={self.vocab_size})"
+
+
+class ChatGLM3Tokenizer(seqio.SentencePieceVocabulary):
+    """ChatGLM3's SentencePiece tokenizer; its 9 specials follow the pieces (ids n_pieces + i).
+
+    `special_id` also answers GLM-4's names (`<sop>`, `<eop>`, `<|endoftext|>` = the pieces' EOS),
+    so chat.render and the tasks work with either tokenizer.
+    """
+
+    _GLM4_NAMES = {"<sop>": "sop", "<eop>": "eop"}
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise DataError(f"SentencePiece file {path!r} does not exist")
+        super().__init__(path)
+        self.path = os.path.abspath(path)
+        self.num_pieces = self.tokenizer.get_piece_size()
+        self.specials = {name: self.num_pieces + i for i, name in enumerate(CHATGLM3_SPECIAL_TOKENS)}
+        self.fingerprint = f"spm-{_file_digest(self.path)}"
+
+    def special_id(self, name: str) -> int:
+        if name == "<|endoftext|>":
+            return self.eos_id
+        name = self._GLM4_NAMES.get(name, name)
+        if name not in self.specials:
+            raise DataError(f"{name!r} is not a special token of {self.path}; known: {list(self.specials)}")
+        return self.specials[name]
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.num_pieces + len(self.specials)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(self._encode(t)) for t in texts]
+
+    def _decode(self, ids) -> str:
+        # SentencePiece cannot decode ids past its pieces: render specials by name between runs.
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if i >= self.num_pieces:
+                out.append(self.tokenizer.decode(run) if run else "")
+                out.append(CHATGLM3_SPECIAL_TOKENS[i - self.num_pieces])
+                run = []
+            else:
+                run.append(i)
+        out.append(self.tokenizer.decode(run) if run else "")
+        return "".join(out)
+
+
+def load_tokenizer(path: str):
+    """A GLM-format (tiktoken) or SentencePiece tokenizer, chosen from the file's content."""
+    if not os.path.isfile(path):
+        raise DataError(f"tokenizer file {path!r} does not exist (set data.tokenizer to a tiktoken-format "
+                        f"file such as GLM-4's tokenizer.model, a SentencePiece .model, or '' for the "
+                        f"task's own tokenizer)")
+    with open(path, "rb") as f:
+        head = f.readline(200)
+    parts = head.split()
+    try:
+        is_tiktoken = len(parts) == 2 and bool(base64.b64decode(parts[0], validate=True)) and parts[1].isdigit()
+    except binascii.Error:
+        is_tiktoken = False
+    return _cached_glm(os.path.abspath(path)) if is_tiktoken else ChatGLM3Tokenizer(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_glm(path: str) -> GLMTokenizer:
+    return GLMTokenizer(path)
+
+
+def bundled_tokenizer() -> GLMTokenizer:
+    """The small GLM-format tokenizer trained on the bundled corpus (data/tokenizer/bundled.tiktoken)."""
+    return _cached_glm(BUNDLED_TOKENIZER)
