@@ -1,0 +1,120 @@
+"""Convert between our training checkpoints and PyTorch (HuggingFace / THUDM) checkpoint directories.
+
+    python -m glm_jax.convert to-hf   --workdir=DIR [--step=N] --out=HF_DIR [--dtype=bfloat16] [--naming=hf|thudm]
+    python -m glm_jax.convert from-hf --hf=HF_DIR --config=configs/glm4_9b.py --out=CKPT_DIR [--config.x=...]
+
+to-hf: the latest (or --step) checkpoint of a training workdir, or a params-only checkpoint, to
+sharded safetensors + config.json + generation_config.json + the run's tokenizer (tokenizer.json
+for transformers and the original file), loadable with AutoModelForCausalLM.from_pretrained.
+from-hf: released GLM-4 / ChatGLM3 weights (HF names or THUDM names, bf16 or fp32) to a
+params-only checkpoint that `train.init_from` starts a run from. Every tensor is checked against
+the config first; on any error nothing is left at --out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "to-hf: training workdir or params-only checkpoint.")
+_STEP = flags.DEFINE_integer("step", None, "to-hf: checkpoint step (default: the latest).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16", "float16"], "to-hf: tensor dtype.")
+_NAMING = flags.DEFINE_enum("naming", "hf", ["hf", "thudm"], "to-hf: tensor names (transformers' Glm or THUDM's).")
+_HF = flags.DEFINE_string("hf", None, "from-hf: directory with safetensors (+ config.json).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "from-hf: the configs/*.py the weights belong to.",
+                                          lock_config=False)
+
+USAGE = ("usage: python -m glm_jax.convert to-hf --workdir=DIR --out=HF_DIR [--step=N] [--dtype=...] [--naming=...]\n"
+         "       python -m glm_jax.convert from-hf --hf=HF_DIR --config=configs/NAME.py --out=CKPT_DIR")
+
+
+def _tokenizer_files(cfg, tmp: str) -> tuple[dict[str, str], list[int], int | None]:
+    """(files to ship with the export, eos ids, pad id) for the run's tokenizer; none if it has none."""
+    from glm_jax.data import tasks
+    from glm_jax.data.tokenizer import GLMTokenizer, load_tokenizer
+
+    try:
+        vocab = (load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer
+                 else tasks.tasks_and_rates(cfg.data.mixture)[0][0].output_features["targets"].vocabulary)
+    except Exception as e:  # a run whose data isn't registered here still exports its weights
+        print(f"note: no tokenizer exported ({e})", file=sys.stderr)
+        return {}, [], None
+    ids = {name: vocab.special_id(name) for name in ("<|endoftext|>", "<|user|>", "<|observation|>")}
+    if not isinstance(vocab, GLMTokenizer):
+        return {"tokenizer.model": vocab.sentencepiece_model_file}, list(ids.values()), ids["<|endoftext|>"]
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from glm_jax.data.tokenizer import SPLIT_PATTERN
+
+    fast = TikTokenConverter(vocab_file=vocab.path, pattern=SPLIT_PATTERN,
+                             extra_special_tokens=list(vocab.specials)).converted()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=fast, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                     additional_special_tokens=[s for s in vocab.specials if s != "<|endoftext|>"])
+    hf_tok.save_pretrained(tmp)
+    files = {name: os.path.join(tmp, name) for name in os.listdir(tmp)}
+    files["tokenizer.tiktoken"] = vocab.path
+    return files, list(ids.values()), ids["<|endoftext|>"]
+
+
+def to_hf() -> None:
+    from glm_jax.convert import hf
+    from glm_jax.train.checkpoint import restore_params
+
+    if not _WORKDIR.value or not _OUT.value:
+        raise app.UsageError("to-hf needs --workdir and --out\n" + USAGE)
+    if not os.path.isdir(_WORKDIR.value):
+        raise app.UsageError(f"--workdir {_WORKDIR.value!r} does not exist")
+    params, cfg = restore_params(_WORKDIR.value, _STEP.value)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, eos, pad = _tokenizer_files(cfg, tmp)
+        hf.export(params, cfg.model, _OUT.value, naming=_NAMING.value, dtype=_DTYPE.value, eos_token_ids=eos,
+                  pad_token_id=pad, extra_files=files)
+    print(f"wrote {_OUT.value} ({_NAMING.value} names, {_DTYPE.value}) from {_WORKDIR.value}")
+
+
+def from_hf() -> None:
+    from glm_jax import config
+    from glm_jax.convert import hf
+    from glm_jax.train.checkpoint import save_params
+
+    if not _HF.value or not _OUT.value or _CONFIG.value is None:
+        raise app.UsageError("from-hf needs --hf, --config and --out\n" + USAGE)
+    out = os.path.abspath(_OUT.value)
+    if os.path.exists(out) and os.listdir(out):
+        raise app.UsageError(f"--out {out!r} exists and is not empty; choose a new directory")
+    cfg = config.from_config_dict(_CONFIG.value)
+    params = hf.import_dir(_HF.value, cfg.model)  # validates everything before anything is written
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(out))
+    try:
+        save_params(tmp, params, cfg)
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out}: start a run from it with --config.train.init_from={out}")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("to-hf", "from-hf"):
+        raise app.UsageError(USAGE)
+    from glm_jax.config import ConfigError
+    from glm_jax.convert.keymap import ConversionError
+
+    try:
+        (to_hf if argv[1] == "to-hf" else from_hf)()
+    except (ConversionError, ConfigError, FileNotFoundError) as e:
+        print(f"glm_jax.convert {argv[1]}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
