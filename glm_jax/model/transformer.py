@@ -19,7 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 from glm_jax.config import ModelConfig
 from glm_jax.model.attention import attention
 from glm_jax.model.layers import apply_rotary, rms_norm, rotary_tables, swiglu_mlp
-from glm_jax.sharding import constrain
+from glm_jax.sharding import constrain, embed_lookup
 
 _ACT = ("batch", "seq", None)  # activations [B, T, D]
 
@@ -67,7 +67,7 @@ def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: 
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
     with jax.named_scope("embed"):
-        x = params["embed"]["embedding"].astype(cfg.jnp_dtype)[tokens]
+        x = embed_lookup(params["embed"]["embedding"].astype(cfg.jnp_dtype), tokens)
         x = constrain(x, _ACT)
 
     layer_fn = functools.partial(block, cos=cos, sin=sin, segment_ids=segment_ids, cfg=cfg)
