@@ -108,6 +108,9 @@ class StageCheckpoints:
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
             data=IteratorStateSave(data_state)))
+        if jax.process_index() == 0:
+            print(f"checkpoint step {step}: saving to {self.directory}"
+                  f"{' in the background' if self.manager._options.enable_async_checkpointing else ''}", flush=True)
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, Any]:
         """Restores the full state into `target`'s shapes and shardings, and the iterator state."""

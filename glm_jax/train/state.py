@@ -48,8 +48,12 @@ def state_shardings(cfg: Config, mesh: jax.sharding.Mesh, tx: optax.GradientTran
     p_sh = param_shardings(cfg, mesh)
     rep = sharding.replicated(mesh)
     abstract = abstract_state(cfg, tx)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, p_sh,
-                                   transform_non_params=lambda _: rep)
+    params_def = jax.tree.structure(abstract.params)
+
+    def params_like(x) -> bool:  # Adam's mu / nu (and any other per-param tree)
+        return jax.tree.structure(x) == params_def
+
+    opt_sh = jax.tree.map(lambda x: p_sh if params_like(x) else rep, abstract.opt_state, is_leaf=params_like)
     return TrainState(step=rep, params=p_sh, opt_state=opt_sh, rng=rep)
 
 
