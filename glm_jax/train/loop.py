@@ -162,13 +162,14 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
         step = int(jax.device_get(state.step))
         metrics = Metrics(workdir, name, cfg, step, end)
         every = cfg.checkpoint.every_steps
-        status = "finished"
+        status, checked = "finished", False
         try:
             # Loop.
             while step < end:
                 local = next(iterator)
-                if step == start or latest == step:
+                if not checked:  # the first batch of each launch
                     _check_batch(local, cfg)
+                    checked = True
                 batch = sharding.global_batch(local, mesh, cfg.train.batch_size)
                 state, m = step_fn(state, batch)
                 step += 1
