@@ -7,11 +7,13 @@ Uses libtpu's compiler through `jax.experimental.topologies.get_topology_desc` (
 like v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4). Prints per-device HBM (arguments, temporaries,
 outputs, total vs capacity; "does not fit by X GiB"), FLOPs and bytes per step, a roofline step
 time (XLA's own estimate when it gives one), projected MFU, and every collective by kind and
-bytes (ops inside the layer scan counted once per layer).
+bytes (ops inside a loop counted once per iteration). XLA's cost analysis counts a loop body once,
+so per-step costs come from unrolled 1- and 2-layer compiles extrapolated to the model's depth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -116,44 +118,59 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def analyze(cfg: Config, compiled, mesh) -> dict:
+def program_costs(compiled) -> dict:
+    """Per-device costs XLA reports for one compiled program: flops, bytes accessed, its own
+    optimal-time estimate (None when it gives none) and the collectives."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    seconds = float(cost.get("optimal_seconds", -1.0))
+    return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
+            "seconds": seconds if seconds > 0 else None, "collectives": collectives(compiled.as_text())}
+
+
+def _extrapolate(one: dict, two: dict, layers: int) -> dict:
+    """Costs of `layers` layers from unrolled 1- and 2-layer programs: c(L) = c(1) + (L - 1)(c(2) - c(1))."""
+    lin = lambda a, b: a + (layers - 1) * (b - a)  # noqa: E731
+    kinds = set(one["collectives"]) | set(two["collectives"])
+    zero = {"count": 0, "bytes": 0}
+    return {"flops": lin(one["flops"], two["flops"]), "bytes": lin(one["bytes"], two["bytes"]),
+            "seconds": lin(one["seconds"], two["seconds"]) if one["seconds"] and two["seconds"] else None,
+            "collectives": {k: {f: lin(one["collectives"].get(k, zero)[f], two["collectives"].get(k, zero)[f])
+                                for f in ("count", "bytes")} for k in sorted(kinds)}}
+
+
+def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
+    """The report: HBM of the real program `compiled`; per-step `costs` (see `plan`)."""
     devices = mesh.devices.size
     kind = mesh.devices.flat[0].device_kind
     chip = CHIPS.get(kind, {})
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     arg, out, alias, temp, code = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                                    mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
     total = arg + out - alias + temp + code
-    coll = collectives(compiled.as_text())
     peak = metrics_lib.peak_flops_per_device(cfg, kind)
-    flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-    xla_seconds = float(cost.get("optimal_seconds", -1.0))
-    coll_bytes = sum(r["bytes"] for r in coll.values())
+    coll_bytes = sum(r["bytes"] for r in costs["collectives"].values())
+    terms = {"compute": costs["flops"] / peak if peak else 0.0,
+             "hbm": costs["bytes"] / chip["hbm_bw"] if chip else 0.0,
+             "collectives": coll_bytes / chip["ici_bw"] if chip else 0.0}
+    roofline = max(terms.values())  # collectives overlapped with compute, as XLA schedules FSDP gathers
+    step_seconds = costs["seconds"] or roofline
     tokens = cfg.train.batch_size * cfg.train.seq_len
     model_flops = metrics_lib.train_flops_per_token(cfg.model, cfg.train.seq_len) * tokens
-    # XLA's cost analysis counts a while-loop body (the layer scan) once, so the compute term
-    # takes the larger of its FLOPs and the model's FLOPs per device.
-    terms = {"compute": max(flops, model_flops / devices) / peak if peak else 0.0,
-             "hbm": bytes_accessed / chip["hbm_bw"] if chip else 0.0,
-             "collectives": coll_bytes / chip["ici_bw"] if chip else 0.0}
-    roofline = max(terms["compute"], terms["hbm"]) + terms["collectives"]  # collectives assumed not overlapped
-    step_seconds = xla_seconds if xla_seconds > 0 else roofline
-    report = {
+    return {
         "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
         "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "tokens_per_step": tokens,
+        "attention": cfg.model.attention, "remat": cfg.model.remat,
         "hbm_per_device": {"arguments": arg, "outputs": out, "aliased": alias, "temporaries": temp,
                            "generated_code": code, "total": total, "capacity": chip.get("hbm")},
         "fits": (total <= chip["hbm"]) if chip else None,
-        "flops_per_device": flops, "bytes_accessed_per_device": bytes_accessed,
+        "flops_per_device": costs["flops"], "bytes_accessed_per_device": costs["bytes"],
         "model_flops_per_step": model_flops,
-        "xla_optimal_seconds": xla_seconds if xla_seconds > 0 else None,
-        "roofline_seconds": terms, "projected_step_seconds": step_seconds,
+        "xla_optimal_seconds": costs["seconds"], "roofline_seconds": terms, "roofline_step_seconds": roofline,
+        "projected_step_seconds": step_seconds,
         "projected_mfu": model_flops / (step_seconds * devices * peak) if peak and step_seconds > 0 else None,
-        "collectives": coll,
+        "collectives": costs["collectives"],
     }
-    return report
 
 
 def format_report(r: dict) -> str:
@@ -171,8 +188,9 @@ def format_report(r: dict) -> str:
     lines.append(f"FLOPs per device per step      {r['flops_per_device']:.4g}")
     lines.append(f"bytes accessed per device      {r['bytes_accessed_per_device']:.4g}")
     t = r["roofline_seconds"]
-    src = "XLA" if r["xla_optimal_seconds"] else "roofline"
-    lines.append(f"projected step time ({src})   {r['projected_step_seconds'] * 1e3:.1f} ms  "
+    if r["xla_optimal_seconds"]:
+        lines.append(f"projected step time (XLA)      {r['xla_optimal_seconds'] * 1e3:.1f} ms")
+    lines.append(f"roofline step time             {r['roofline_step_seconds'] * 1e3:.1f} ms  "
                  f"(compute {t['compute'] * 1e3:.1f} ms, HBM {t['hbm'] * 1e3:.1f} ms, "
                  f"collectives {t['collectives'] * 1e3:.1f} ms)")
     if r["projected_mfu"] is not None:
@@ -184,9 +202,19 @@ def format_report(r: dict) -> str:
 
 
 def plan(cfg: Config, topology: str) -> dict:
+    """Compiles the real step (memory) and, because XLA's cost analysis counts a loop body once,
+    unrolled 1- and 2-layer variants whose costs extrapolate linearly to the model's depth."""
     t0 = time.perf_counter()
-    compiled, mesh = compile_train_step(cfg, topology_devices(topology))
-    report = analyze(cfg, compiled, mesh)
+    devices = topology_devices(topology)
+    compiled, mesh = compile_train_step(cfg, devices)
+    if cfg.model.num_layers == 1 or not cfg.model.scan_layers:
+        costs = program_costs(compiled)
+    else:
+        small = [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=n, scan_layers=False))
+                 for n in (1, 2)]
+        one, two = (program_costs(compile_train_step(c, devices)[0]) for c in small)
+        costs = _extrapolate(one, two, cfg.model.num_layers)
+    report = analyze(cfg, compiled, mesh, costs)
     report["topology"] = topology
     report["compile_seconds"] = time.perf_counter() - t0
     return report

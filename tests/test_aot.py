@@ -49,6 +49,7 @@ def test_report_says_by_how_much_it_does_not_fit():
          "hbm_per_device": {"arguments": 10 * GiB, "outputs": 0, "aliased": 0, "temporaries": 8.5 * GiB,
                             "generated_code": 0, "total": 18.5 * GiB, "capacity": 16 * GiB},
          "fits": False, "flops_per_device": 1.0, "bytes_accessed_per_device": 1.0, "xla_optimal_seconds": None,
-         "roofline_seconds": {"compute": 1.0, "hbm": 0.5, "collectives": 0.1}, "projected_step_seconds": 1.1,
+         "roofline_seconds": {"compute": 1.0, "hbm": 0.5, "collectives": 0.1}, "roofline_step_seconds": 1.0,
+         "projected_step_seconds": 1.0,
          "projected_mfu": 0.5, "collectives": {}}
     assert "does not fit by 2.50 GiB" in format_report(r)
