@@ -19,6 +19,7 @@ setup(
         "seqio",
         "ml-collections",
         "clu",
+        "tensorboard",  # clu's TensorBoard writer needs it
         "safetensors",
         "numpy",
         "tiktoken",

@@ -157,6 +157,8 @@ class TrainConfig:
     optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
     seed: int = 0
     log_every: int = 10
+    init_from: str = ""  # params-only checkpoint (train.checkpoint.save_params) the first stage starts from
+    peak_tflops: float = 0.0  # per-device peak for the MFU estimate; 0 = look up the device kind
 
     def __post_init__(self):
         for f in ("seq_len", "batch_size", "grad_accum", "steps"):
@@ -175,6 +177,7 @@ class TrainConfig:
         _require(self.optimizer_state in ("keep", "reset"), "train.optimizer_state",
                  f"must be keep or reset, got {self.optimizer_state!r}")
         _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        _require(self.peak_tflops >= 0, "train.peak_tflops", f"must be >= 0, got {self.peak_tflops}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,11 @@ Activations are constrained with `constrain(x, axes)`, which is a no-op when no 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from glm_jax.config import ConfigError, Config, MeshConfig
@@ -121,3 +123,70 @@ def validate_for_mesh(cfg: Config, mesh_sizes: dict[str, int]) -> None:
     if t.seq_len % (mesh_sizes["sequence"] * block):
         raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of sequence axis "
                           f"({mesh_sizes['sequence']}) x attention block ({block})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Trees, batches and the embedding lookup
+# ---------------------------------------------------------------------------------------------
+
+BATCH_AXES = ("batch", "seq")  # every [B, T] input (tokens, targets, positions, segment ids, masks)
+
+
+def tree_shardings(mesh: jax.sharding.Mesh, spec_tree: Any) -> Any:
+    """NamedSharding per leaf of a spec tree (leaves carry `.shape` and `.logical_axes`, e.g. the
+    model's ParamSpec tree)."""
+    return jax.tree.map(lambda s: sharding_for(mesh, s.shape, s.logical_axes), spec_tree,
+                        is_leaf=lambda x: hasattr(x, "logical_axes"))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, shape: Sequence[int]) -> NamedSharding:
+    """Sharding of a [B, T] batch field: rows over data x fsdp, positions over sequence."""
+    return sharding_for(mesh, shape, BATCH_AXES)
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, global_rows: int) -> dict[str, jax.Array]:
+    """Assembles each host's rows (every field [global_rows / process_count, T]) into global
+    [global_rows, T] arrays sharded by `batch_sharding` (multi-host aware)."""
+    out = {}
+    for name, x in local.items():
+        shape = (global_rows, *x.shape[1:])
+        out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, shape), np.asarray(x), shape)
+    return out
+
+
+def _divisible_spec(mesh, shape: Sequence[int], logical_axes: Sequence[str | None]) -> P:
+    return sharding_for(mesh, shape, logical_axes).spec
+
+
+def embed_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """table [V, D], tokens [B, T] int -> [B, T, D], the same numbers as `table[tokens]`.
+
+    With the table sharded (vocab->tensor, embed->fsdp) and tokens sharded over batch, a plain
+    gather makes XLA's partitioner fully rematerialise the result ("Involuntary full
+    rematerialization"). Instead each tensor shard looks up the tokens that fall in its slice of
+    the vocabulary (zeros elsewhere) and one psum over `tensor` combines them: the table's embed
+    dim is all-gathered like every other FSDP weight, and nothing else moves. Adding zeros keeps
+    the result bit-identical to the plain gather."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return table[tokens]
+    V = table.shape[0]
+    tensor = mesh.shape["tensor"]
+    if tensor == 1 or V % tensor:
+        table = constrain(table, (None, None))
+        return table[tokens]
+    tok_spec = _divisible_spec(mesh, tokens.shape, BATCH_AXES)
+
+    def local(tab, tok):  # tab [V / tensor, D] (full D), tok [B', T'] -> [B', T', D]
+        rows = tab.shape[0]
+        idx = tok - jax.lax.axis_index("tensor") * rows
+        inside = (idx >= 0) & (idx < rows)
+        x = jnp.where(inside[..., None], tab[jnp.clip(idx, 0, rows - 1)], jnp.zeros((), tab.dtype))
+        return jax.lax.psum(x, "tensor")
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P("tensor", None), tok_spec),
+                         out_specs=P(*tok_spec, None))(table, tokens)

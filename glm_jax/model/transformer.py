@@ -20,7 +20,7 @@ from glm_jax.config import ModelConfig
 from glm_jax.kernels import context_parallel
 from glm_jax.model.attention import attention
 from glm_jax.model.layers import apply_rotary, rms_norm, rotary_tables, swiglu_mlp
-from glm_jax.sharding import constrain
+from glm_jax.sharding import constrain, embed_lookup
 
 _ACT = ("batch", "seq", None)  # activations [B, T, D]
 
@@ -66,7 +66,7 @@ def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Cal
 def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
     """tokens [B, T] -> [B, T, D] in cfg.dtype."""
     with jax.named_scope("embed"):
-        return constrain(params["embed"]["embedding"].astype(cfg.jnp_dtype)[tokens], _ACT)
+        return constrain(embed_lookup(params["embed"]["embedding"].astype(cfg.jnp_dtype), tokens), _ACT)
 
 
 def logits_from_hidden(params: dict, x: jax.Array) -> jax.Array:

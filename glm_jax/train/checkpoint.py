@@ -1,0 +1,223 @@
+"""Orbax checkpoints of a training workdir, and params-only checkpoints.
+
+Workdir layout (one directory per stage, step numbers global over the run):
+
+    WORKDIR/config.json                      the resolved stages (name + full config), JSON
+    WORKDIR/checkpoints/<stage>/<step>/
+        params/                              the params pytree (orbax, sharded arrays)
+        train/                               {step, opt_state, rng}
+        data/process_<i>-of-<n>.json         each host's data iterator state (JSON, no pickle)
+    WORKDIR/metrics.jsonl, WORKDIR/tb/       per-step metrics; TensorBoard events
+
+A params-only checkpoint (`save_params`, what the HF importer writes and `train.init_from`
+reads) is `PATH/params/` plus `PATH/config.json`.
+
+Saves are asynchronous (`checkpoint.async_save`): the arrays are copied off the devices before
+`save` returns, then written in the background into a temporary directory that orbax renames
+only when complete, so a crash mid-save leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from glm_jax import config as config_lib, sharding
+from glm_jax.config import CheckpointConfig, Config
+from glm_jax.model import spec
+from glm_jax.train.state import TrainState
+
+CONFIG_FILE = "config.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# The data iterator's state: one JSON file per process
+# ---------------------------------------------------------------------------------------------
+
+class IteratorStateHandler(ocp.CheckpointHandler):
+    """Writes this process's iterator state as JSON (`get_state()` of a grain iterator is a
+    JSON-able dict; bytes states are stored as text)."""
+
+    def _file(self, directory: epath.Path) -> epath.Path:
+        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory: epath.Path, args: "IteratorStateSave") -> None:
+        state = args.state
+        payload = {"bytes": state.decode()} if isinstance(state, bytes) else {"state": state}
+        self._file(directory).write_text(json.dumps(payload))
+
+    def restore(self, directory: epath.Path, args: "IteratorStateRestore" = None) -> Any:
+        f = self._file(directory)
+        if not f.exists():
+            raise FileNotFoundError(f"{f} is missing: this checkpoint was written by a run with a different "
+                                    f"process count; data iterator state cannot be matched to process "
+                                    f"{jax.process_index()} of {jax.process_count()}")
+        payload = json.loads(f.read_text())
+        return payload["bytes"].encode() if "bytes" in payload else payload["state"]
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Train-state checkpoints of one stage
+# ---------------------------------------------------------------------------------------------
+
+def stage_dir(workdir: str, stage: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints", stage)
+
+
+class StageCheckpoints:
+    """A CheckpointManager over one stage's directory: params, {step, opt_state, rng}, data."""
+
+    def __init__(self, directory: str, ckpt_cfg: CheckpointConfig = CheckpointConfig(), read_only: bool = False):
+        self.directory = directory
+        options = ocp.CheckpointManagerOptions(max_to_keep=ckpt_cfg.keep, create=not read_only,
+                                               enable_async_checkpointing=ckpt_cfg.async_save,
+                                               read_only=read_only, cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(
+            directory, options=options,
+            item_handlers={"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                           "data": IteratorStateHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, state: TrainState, data_state: Any) -> None:
+        """Saves at `state.step`; returns once the arrays are off the devices (the write goes on)."""
+        step = int(jax.device_get(state.step))
+        self.manager.save(step, force=True, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
+            data=IteratorStateSave(data_state)))
+        if jax.process_index() == 0:
+            print(f"checkpoint step {step}: saving to {self.directory}"
+                  f"{' in the background' if self.manager._options.enable_async_checkpointing else ''}", flush=True)
+
+    def restore(self, step: int, target: TrainState) -> tuple[TrainState, Any]:
+        """Restores the full state into `target`'s shapes and shardings, and the iterator state."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target.params),
+            train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state, "rng": target.rng}),
+            data=IteratorStateRestore()))
+        t = out["train"]
+        return TrainState(step=t["step"], params=out["params"], opt_state=t["opt_state"], rng=t["rng"]), out["data"]
+
+    def restore_params(self, step: int, target: dict) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+
+    def restore_train(self, step: int, target: dict) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(target)))["train"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolved config in the workdir
+# ---------------------------------------------------------------------------------------------
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def write_stages(workdir: str, stages: list[tuple[str, Config]]) -> None:
+    """Writes WORKDIR/config.json (process 0 only), atomically."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"stages": [{"name": n, "config": config_to_dict(c)} for n, c in stages]}, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_stages(workdir: str) -> list[tuple[str, Config]]:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a glm_jax training workdir "
+                                f"(or params-only checkpoint)")
+    with open(path) as f:
+        d = json.load(f)
+    if "stages" not in d:
+        return [("params", config_lib.from_config_dict(d))]
+    return [(s["name"], config_lib.from_config_dict(s["config"])) for s in d["stages"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Params only: restore from any workdir on any mesh; params-only checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def params_target(cfg: Config, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Abstract params with shardings: by the rule table on `mesh`, or all on one local device."""
+    abstract = spec.abstract_params(cfg.model)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
+    shard = sharding.tree_shardings(mesh, spec.param_specs(cfg.model))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard)
+
+
+def save_params(path: str, params: dict, cfg: Config) -> None:
+    """Writes a params-only checkpoint (PATH/params + PATH/config.json) that `train.init_from`
+    and `restore_params` read. Blocks until written."""
+    path = os.path.abspath(path)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, "params"), params, force=True)
+    ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(config_to_dict(cfg), f, indent=2)
+
+
+def restore_params(workdir: str, step: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> tuple[dict, Config]:
+    """(params, Config) of a training workdir's latest checkpoint (or checkpoint `step`), or of a
+    params-only checkpoint. Works while the run is still going (only finished saves count) and
+    on any mesh: sharded by the rule table on `mesh`, or on one device when `mesh` is None. The
+    Config is the one of the stage that wrote the checkpoint."""
+    workdir = os.path.abspath(workdir)
+    if os.path.isdir(os.path.join(workdir, "params")):
+        if step is not None:
+            raise ValueError(f"{workdir} is a params-only checkpoint (one step); do not pass step={step}")
+        cfg = read_stages(workdir)[-1][1]
+        return ocp.StandardCheckpointer().restore(os.path.join(workdir, "params"), params_target(cfg, mesh)), cfg
+    stages = read_stages(workdir)
+    seen = []
+    for name, cfg in reversed(stages):
+        d = stage_dir(workdir, name)
+        if not os.path.isdir(d):
+            continue
+        ckpts = StageCheckpoints(d, read_only=True)
+        try:
+            steps = ckpts.all_steps()
+            seen += steps
+            chosen = max(steps, default=None) if step is None else (step if step in steps else None)
+            if chosen is not None:
+                return ckpts.restore_params(chosen, params_target(cfg, mesh)), cfg
+        finally:
+            ckpts.close()
+    what = "any checkpoint" if step is None else f"a checkpoint at step {step} (available: {sorted(seen)})"
+    raise FileNotFoundError(f"{workdir} has no {what} yet")

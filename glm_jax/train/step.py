@@ -1,0 +1,105 @@
+"""The jitted train step: forward, loss, gradient accumulation, clipping, AdamW; state donated.
+
+    step_fn = make_train_step(cfg, mesh, stage_start)
+    with jax.set_mesh(mesh):
+        state, metrics = step_fn(state, batch)
+
+A batch is a dict of [B, T] arrays (BATCH_FIELDS), B = train.batch_size (global rows).
+With `train.grad_accum = A` the rows are split into A micro-batches of B/A rows (row r goes to
+micro-batch r mod A, so every micro-batch stays evenly sharded) that run under `lax.scan`;
+summed losses and gradients are divided by the whole batch's weight, so the update equals the
+one-shot batch of B rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from glm_jax import sharding
+from glm_jax.config import Config
+from glm_jax.model import forward
+from glm_jax.train import loss as loss_lib
+from glm_jax.train import optimizer as opt_lib
+from glm_jax.train.state import TrainState, state_shardings
+
+BATCH_FIELDS = {"tokens": "int32", "targets": "int32", "positions": "int32", "segment_ids": "int32",
+                "loss_mask": "float32"}
+
+
+def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
+    """Weighted loss sums of one (micro-)batch: (total to differentiate, {ce, z, weight})."""
+    logits = forward(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
+    w = loss_lib.token_weights(batch["loss_mask"], batch["segment_ids"], cfg.train.loss_weighting)
+    sums = loss_lib.cross_entropy_sums(logits, batch["targets"], w, cfg.train.z_loss)
+    return sums["total"], {"ce": sums["ce"], "z": sums["z"], "weight": jnp.sum(w)}
+
+
+def grads_and_sums(params: dict, batch: dict, cfg: Config, param_sh=None) -> tuple[dict, dict]:
+    """Summed gradients (fp32) and loss sums over the whole batch, accumulating micro-batches."""
+    grad_fn = jax.grad(functools.partial(loss_sums, cfg=cfg), has_aux=True)
+
+    def one(mb):
+        g, aux = grad_fn(params, mb)
+        g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
+        if param_sh is not None:
+            g = jax.lax.with_sharding_constraint(g, param_sh)
+        return g, aux
+
+    A = cfg.train.grad_accum
+    if A == 1:
+        return one(batch)
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // A, A, *x.shape[1:]), 0, 1), batch)
+
+    def body(carry, mb):
+        g, aux = one(mb)
+        return jax.tree.map(jnp.add, carry, (g, aux)), None
+
+    zeros = jax.eval_shape(one, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+    (g, aux), _ = jax.lax.scan(body, zeros, micro)
+    return g, aux
+
+
+def train_step(state: TrainState, batch: dict, *, cfg: Config, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, stage_start: int, param_sh=None) -> tuple[TrainState, dict]:
+    grads, aux = grads_and_sums(state.params, batch, cfg, param_sh)
+    weight = jnp.maximum(aux["weight"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = schedule(state.step - stage_start)
+    params = optax.apply_updates(state.params, opt_lib.apply_lr(updates, lr))
+    params = jax.tree.map(lambda new, old: new.astype(old.dtype), params, state.params)
+    metrics = {"loss": aux["ce"] / weight, "z_loss": aux["z"] / weight,
+               "total_loss": (aux["ce"] + cfg.train.z_loss * aux["z"]) / weight,
+               "grad_norm": grad_norm, "lr": lr, "loss_weight": aux["weight"],
+               "tokens": jnp.sum(batch["loss_mask"])}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_shardings(cfg: Config, mesh: jax.sharding.Mesh) -> dict:
+    shape = (cfg.train.batch_size, cfg.train.seq_len)
+    return {k: sharding.batch_sharding(mesh, shape) for k in BATCH_FIELDS}
+
+
+def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict:
+    shape = (cfg.train.batch_size, cfg.train.seq_len)
+    sh = batch_shardings(cfg, mesh)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dt), sharding=sh[k]) for k, dt in BATCH_FIELDS.items()}
+
+
+def make_train_step(cfg: Config, mesh: jax.sharding.Mesh, stage_start: int = 0,
+                    tx: optax.GradientTransformation | None = None) -> Callable:
+    """jit(train_step) with in/out shardings from the spec tree; the state argument is donated.
+    Call (and lower) it under `jax.set_mesh(mesh)`."""
+    tx = tx or opt_lib.make_optimizer(cfg.train)
+    st_sh = state_shardings(cfg, mesh, tx)
+    fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=opt_lib.learning_rate(cfg.train),
+                           stage_start=stage_start, param_sh=st_sh.params)
+    return jax.jit(fn, in_shardings=(st_sh, batch_shardings(cfg, mesh)),
+                   out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)

@@ -1,0 +1,55 @@
+"""AOT: the real train step of the debug model compiles for a TPU topology (v5e:2x2) on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _aot(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    # A subprocess: libtpu's compiler and the 8 simulated CPU devices of the test process stay apart.
+    return subprocess.run([sys.executable, "-m", "glm_jax.aot", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_debug_model_train_step_compiles_for_v5e_2x2(tmp_path):
+    out = tmp_path / "aot.json"
+    proc = _aot("--config=configs/debug.py", "--topology=v5e:2x2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["topology_devices"] == 4 and r["mesh"]["fsdp"] == 2 and r["mesh"]["tensor"] == 2
+    h = r["hbm_per_device"]
+    assert h["total"] == h["arguments"] + h["outputs"] - h["aliased"] + h["temporaries"] + h["generated_code"]
+    assert h["aliased"] > 0.9 * h["arguments"]  # the donated state is updated in place
+    assert r["fits"] is True and h["capacity"] == 16 * 1024 ** 3
+    assert r["flops_per_device"] > 0 and r["bytes_accessed_per_device"] > 0
+    assert 0 < r["projected_mfu"] <= 1
+    assert r["collectives"]["all-gather"]["bytes"] > 0  # FSDP gathers weights
+    assert "HBM per device" in proc.stdout and "projected MFU" in proc.stdout
+
+
+def test_unknown_topology_is_a_clear_error():
+    proc = _aot("--config=configs/debug.py", "--topology=v9z:1x1", timeout=120)
+    assert proc.returncode != 0
+    assert "--topology='v9z:1x1' is not a TPU topology" in proc.stderr
+
+
+def test_report_says_by_how_much_it_does_not_fit():
+    from glm_jax.aot import GiB, format_report
+
+    r = {"model": "m", "topology_devices": 4, "device_kind": "TPU v5 lite", "mesh": {}, "batch_size": 1, "seq_len": 8,
+         "hbm_per_device": {"arguments": 10 * GiB, "outputs": 0, "aliased": 0, "temporaries": 8.5 * GiB,
+                            "generated_code": 0, "total": 18.5 * GiB, "capacity": 16 * GiB},
+         "fits": False, "flops_per_device": 1.0, "bytes_accessed_per_device": 1.0, "xla_optimal_seconds": None,
+         "roofline_seconds": {"compute": 1.0, "hbm": 0.5, "collectives": 0.1}, "roofline_step_seconds": 1.0,
+         "projected_step_seconds": 1.0,
+         "projected_mfu": 0.5, "collectives": {}}
+    assert "does not fit by 2.50 GiB" in format_report(r)
