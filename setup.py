@@ -29,7 +29,7 @@ setup(
     extras_require={
         # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a
         # multi-GB CUDA download.
-        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "sentencepiece"],
+        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece"],
         "tpu": ["libtpu==0.0.42.1"],
     },
 )
