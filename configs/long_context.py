@@ -1,0 +1,55 @@
+"""Long-context continued training as stages: raise the RoPE base, then the sequence length.
+
+GLM-4 went 8K -> 128K -> 1M by raising rope_ratio (theta = 10000 x rope_ratio: 500 for 128K,
+10000 for 1M) and continuing training on long data. Each stage below starts from the previous
+stage's last checkpoint; tokens per step stay constant (batch shrinks as seq_len grows).
+
+    python -m glm_jax.train --config=configs/long_context.py:model=debug --workdir=DIR
+    python -m glm_jax.train --config=configs/long_context.py:model=glm4_9b --workdir=gs://... \
+        --config.mesh.fsdp=-1 --config.mesh.sequence=4
+
+arg: `model=debug` (512 -> 2K -> 8K) or `model=glm4_9b` (8K -> 32K -> 128K); optional
+`,optimizer_state=reset` to drop Adam moments at each stage switch (default keep).
+"""
+
+import os
+
+from glm_jax import config
+
+# name: (base config, [(stage, seq_len, rope_ratio, batch, steps, lr, mesh overrides)])
+# The debug plan fits 8 (simulated) devices: as rows get longer and fewer, devices move from the
+# fsdp axis (batch) to the sequence axis (context parallelism). The 9B plan keeps the command
+# line's mesh (e.g. --config.mesh.sequence=4).
+PLANS = {
+    "debug": ("debug.py", [("ctx512", 512, 1.0, 8, 200, 1e-3, {}),
+                           ("ctx2k", 2048, 4.0, 2, 100, 3e-4, {"fsdp": 2, "sequence": 4}),
+                           ("ctx8k", 8192, 16.0, 1, 50, 1e-4, {"fsdp": 1, "sequence": 8})]),
+    "glm4_9b": ("glm4_9b.py", [("ctx8k", 8192, 1.0, 256, 10000, 1e-4, {}),
+                               ("ctx32k", 32768, 50.0, 64, 2000, 3e-5, {}),
+                               ("ctx128k", 131072, 500.0, 16, 1000, 1e-5, {})]),
+}
+
+
+def _parse(arg):
+    out = {"model": "debug", "optimizer_state": "keep"}
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise config.ConfigError("config", f"long_context.py arg {key!r} unknown; use model=..., optimizer_state=...")
+        out[key] = value
+    if out["model"] not in PLANS:
+        raise config.ConfigError("config", f"long_context.py model={out['model']!r}: valid are {sorted(PLANS)}")
+    return out
+
+
+def get_config(arg=None):
+    args = _parse(arg)
+    base, stages = PLANS[args["model"]]
+    c = config.load_config_dict(os.path.join(os.path.dirname(__file__), base))
+    c.model.max_seq_len = max(s[1] for s in stages)
+    c.stage_order = tuple(s[0] for s in stages)
+    c.stages = {name: {"train": {"seq_len": seq, "batch_size": batch, "steps": steps, "lr": lr,
+                                 "warmup_steps": min(20, steps // 5), "optimizer_state": args["optimizer_state"]},
+                       "model": {"rope_ratio": ratio}, "mesh": mesh}
+                for name, seq, ratio, batch, steps, lr, mesh in stages}
+    return c
