@@ -11,12 +11,16 @@ group, E head dim.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from glm_jax.config import ModelConfig
+from glm_jax.kernels.flash_attention import flash_attention
+from glm_jax.kernels.shard import interpret_mode, per_shard
+from glm_jax.kernels.splash import splash_attention
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -38,8 +42,20 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
     return out.reshape(B, T, H, E).astype(q.dtype)
 
 
+def _kernel_backend(kernel: Callable) -> Callable:
+    """A Pallas kernel run per shard (shard_map over the current mesh), blocks and interpret
+    mode from the config; interpret mode switches on by itself when the target is not a TPU."""
+    def run(q, k, v, seg, cfg: ModelConfig):
+        fn = functools.partial(kernel, block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
+                               interpret=interpret_mode(cfg.attention_interpret))
+        return per_shard(fn, q, k, v, seg)
+    return run
+
+
 def _backends() -> dict[str, Callable]:
-    return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg)}
+    return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg),
+            "flash": _kernel_backend(flash_attention),
+            "splash": _kernel_backend(splash_attention)}
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, cfg: ModelConfig) -> jax.Array:
