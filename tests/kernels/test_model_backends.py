@@ -11,25 +11,14 @@ import pytest
 
 from glm_jax import config, model
 from glm_jax.config import MeshConfig
-from glm_jax.sharding import make_mesh, sharding_for
+from glm_jax.sharding import make_mesh
 from tests.conftest import REPO
-
-
-def _loss(params, tokens, segment_ids, cfg):
-    """Next-token cross-entropy within segments (the last token of each segment predicts nothing)."""
-    logits = model.forward(params, tokens, cfg, segment_ids=segment_ids)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    w = (segment_ids[:, 1:] == segment_ids[:, :-1]).astype(jnp.float32)
-    return jnp.sum(nll * w) / jnp.sum(w)
+from tests.kernels.train_step import jitted_step
 
 
 def _step(cfg, mesh, params, tokens, segment_ids):
-    p_shard = jax.tree.map(lambda a, axes: sharding_for(mesh, a.shape, axes), params, model.logical_axes(cfg))
-    d_shard = sharding_for(mesh, tokens.shape, ("batch", "seq"))
+    step = jitted_step(cfg, mesh, tokens.shape)
     with jax.set_mesh(mesh):
-        params, tokens, segment_ids = jax.device_put((params, tokens, segment_ids), (p_shard, d_shard, d_shard))
-        step = jax.jit(jax.value_and_grad(_loss), static_argnums=3, out_shardings=(None, p_shard))
         return step(params, tokens, segment_ids, cfg)
 
 
