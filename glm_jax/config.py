@@ -93,6 +93,8 @@ class ModelConfig:
         for f in ("attention_block_q", "attention_block_kv"):
             v = getattr(self, f)
             _require(v > 0 and v % 8 == 0, f"model.{f}", f"must be a positive multiple of 8, got {v}")
+            _require(self.attention != "splash" or v % 128 == 0, f"model.{f}",
+                     f"splash attention needs a multiple of 128, got {v}")
         _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
     # Derived fields: computed here and nowhere else.
