@@ -132,7 +132,7 @@ def _fwd_kernel(off_ref, q_ref, k_ref, v_ref, *rest, scale: float, bq: int, bkv:
     @pl.when(j == nk - 1)
     def _finish():
         l = l_sc[...][:, :1]
-        seen = l > 0.0  # a query with no visible key (only possible with q_offset < 0) outputs 0
+        seen = l > 0.0  # a query that sees no key (never the case when S == T) outputs 0
         o_ref[...] = (acc_sc[...] / jnp.where(seen, l, 1.0)).astype(o_ref.dtype)
         lse = jnp.where(seen, m_sc[...] + jnp.log(jnp.where(seen, l_sc[...], 1.0)), jnp.inf)  # [bq, 128]
         lse_ref[...] = lse.T[:1, :]
