@@ -1,7 +1,7 @@
 """Attention backends compared by XLA's own numbers, on a TPU topology, without a TPU.
 
-    python benchmarks/attention.py                                   # 8K/32K/128K, one v5p chip
-    python benchmarks/attention.py --seqs=8192 --long=131072,1048576 --json=/tmp/attn.json
+    python -m benchmarks.attention                                   # 8K/32K/128K, one v5p chip
+    python -m benchmarks.attention --seqs=8192 --long=131072,1048576 --json=/tmp/attn.json
 
 For each sequence length and backend (reference = plain XLA, flash = ours, splash = JAX's), the
 fwd+bwd of causal packed attention with GLM-4-9B's head shapes (32 query heads, 2 kv heads, head
@@ -117,7 +117,8 @@ def _fmt(row):
         need = f" (needs {row['temp_bytes'] / 2**30:.1f} GiB of temporaries)" if "temp_bytes" in row else ""
         return f"{row['backend']:>9} {row['T']:>8} {row['H']:>3}  failed{need}: {row['error'][:120]}"
     return (f"{row['backend']:>9} {row['T']:>8} {row['H']:>3} {row['xla_flops'] / 1e12:>10.2f} "
-            f"{row['xla_bytes'] / 2**30:>10.2f} {row['xla_seconds'] * 1e3:>10.2f} {row['roofline_seconds'] * 1e3:>10.2f} "
+            f"{row['xla_bytes'] / 2**30:>10.2f} {row['xla_seconds'] * 1e3:>10.2f} "
+            f"{row['roofline_seconds'] * 1e3:>10.2f} "
             f"{row['peak_bytes'] / 2**30:>10.3f} {str(row['fits_hbm']):>5} {row['compile_s']:>8.1f}")
 
 
@@ -158,7 +159,8 @@ def main():
     for name in ("flash", "splash"):
         mine = {r["T"]: r for r in rows if r["backend"] == name and "peak_bytes" in r}
         for (t0, r0), (t1, r1) in zip(sorted(mine.items()), sorted(mine.items())[1:]):
-            print(f"{name} peak memory {t0}->{t1}: x{r1['peak_bytes'] / r0['peak_bytes']:.1f} (T would be x{t1 / t0:.0f})")
+            print(f"{name} peak memory {t0}->{t1}: x{r1['peak_bytes'] / r0['peak_bytes']:.1f} "
+                  f"(T would be x{t1 / t0:.0f})")
 
     if args.long:
         print("\nper-shard long context (GLM-4-9B-chat-1M heads on tensor=8: 4 q heads, 1 kv head)")
