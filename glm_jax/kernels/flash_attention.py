@@ -72,6 +72,17 @@ def _mask(off, i, j, bq: int, bkv: int, qseg, kvseg, transposed: bool = False):
     return visible
 
 
+def _run_block(body, off, i, j, bq: int, bkv: int, segmented: bool):
+    """Runs body(masked) for a visited block: blocks wholly below the causal diagonal skip the
+    mask arithmetic (most blocks of a long sequence) unless segment ids need it anyway."""
+    if segmented:
+        body(True)
+        return
+    crosses = j * bkv + bkv - 1 > off + i * bq  # its last key is later than its first query
+    pl.when(crosses)(lambda: body(True))
+    pl.when(jnp.logical_not(crosses))(lambda: body(False))
+
+
 def _visible_pairs(T: int, S: int, bq: int, bkv: int) -> int:
     """Block pairs (q block, kv block) the causal kernels visit at q_offset 0: for cost estimates."""
     nk = S // bkv
@@ -112,22 +123,28 @@ def _fwd_kernel(off_ref, q_ref, k_ref, v_ref, *rest, scale: float, bq: int, bkv:
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
-    @pl.when(j <= _last_kv_block(off, i, bq, bkv))
-    def _compute():
+    def body(masked: bool):
         q, k, v = q_ref[...], k_ref[...], v_ref[...]
         s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * scale
-        qseg = _as_column(qseg_ref) if segmented else None
-        kvseg = kvseg_ref[...] if segmented else None
-        visible = _mask(off, i, j, bq, bkv, qseg, kvseg)
-        s = jnp.where(visible, s, _MASK_VALUE)
+        if masked:
+            qseg = _as_column(qseg_ref) if segmented else None
+            kvseg = kvseg_ref[...] if segmented else None
+            visible = _mask(off, i, j, bq, bkv, qseg, kvseg)
+            s = jnp.where(visible, s, _MASK_VALUE)
         m_prev = m_sc[...][:, :1]
         m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-        p = jnp.where(visible, jnp.exp(s - m_new), 0.0)
+        p = jnp.exp(s - m_new)
+        if masked:
+            p = jnp.where(visible, p, 0.0)
         alpha = jnp.exp(m_prev - m_new)
         l_new = alpha * l_sc[...][:, :1] + jnp.sum(p, axis=1, keepdims=True)
         acc_sc[...] = alpha * acc_sc[...] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         m_sc[...] = jnp.broadcast_to(m_new, m_sc.shape)
         l_sc[...] = jnp.broadcast_to(l_new, l_sc.shape)
+
+    @pl.when(j <= _last_kv_block(off, i, bq, bkv))
+    def _compute():
+        _run_block(body, off, i, j, bq, bkv, segmented)
 
     @pl.when(j == nk - 1)
     def _finish():
@@ -194,18 +211,22 @@ def _dq_kernel(off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest, 
     def _init():
         dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
 
-    @pl.when(j <= _last_kv_block(off, i, bq, bkv))
-    def _compute():
+    def body(masked: bool):
         q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
         nt = (((1,), (1,)), ((), ()))
         s = jax.lax.dot_general(q, k, nt, preferred_element_type=jnp.float32) * scale
-        qseg = _as_column(qseg_ref) if segmented else None
-        kvseg = kvseg_ref[...] if segmented else None
-        visible = _mask(off, i, j, bq, bkv, qseg, kvseg)
-        p = jnp.where(visible, jnp.exp(s - _as_column(lse_ref)), 0.0)
+        p = jnp.exp(s - _as_column(lse_ref))
+        if masked:
+            qseg = _as_column(qseg_ref) if segmented else None
+            kvseg = kvseg_ref[...] if segmented else None
+            p = jnp.where(_mask(off, i, j, bq, bkv, qseg, kvseg), p, 0.0)
         dp = jax.lax.dot_general(do, v, nt, preferred_element_type=jnp.float32)
         ds = p * (dp - _as_column(delta_ref))
         dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    @pl.when(j <= _last_kv_block(off, i, bq, bkv))
+    def _compute():
+        _run_block(body, off, i, j, bq, bkv, segmented)
 
     @pl.when(j == nk - 1)
     def _finish():
@@ -225,21 +246,25 @@ def _dkv_kernel(off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest,
         dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
         dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
 
-    @pl.when(i >= _first_q_block(off, j, bq, bkv))
-    def _compute():
+    def body(masked: bool):
         # Transposed frame: [bkv, bq] blocks, so per-query rows (lse, delta, q segment) broadcast
         # over sublanes and every matmul is a plain or NT product.
         q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
         nt = (((1,), (1,)), ((), ()))
         st = jax.lax.dot_general(k, q, nt, preferred_element_type=jnp.float32) * scale
-        qseg = qseg_ref[...] if segmented else None
-        kvseg = _as_column(kvseg_ref) if segmented else None
-        visible = _mask(off, i, j, bq, bkv, qseg, kvseg, transposed=True)
-        pt = jnp.where(visible, jnp.exp(st - lse_ref[...]), 0.0)
+        pt = jnp.exp(st - lse_ref[...])
+        if masked:
+            qseg = qseg_ref[...] if segmented else None
+            kvseg = _as_column(kvseg_ref) if segmented else None
+            pt = jnp.where(_mask(off, i, j, bq, bkv, qseg, kvseg, transposed=True), pt, 0.0)
         dv_sc[...] += jnp.dot(pt.astype(do.dtype), do, preferred_element_type=jnp.float32)
         dpt = jax.lax.dot_general(v, do, nt, preferred_element_type=jnp.float32)
         dst = pt * (dpt - delta_ref[...])
         dk_sc[...] += jnp.dot(dst.astype(q.dtype), q, preferred_element_type=jnp.float32)
+
+    @pl.when(i >= _first_q_block(off, j, bq, bkv))
+    def _compute():
+        _run_block(body, off, i, j, bq, bkv, segmented)
 
     @pl.when((g == G - 1) & (i == nq - 1))
     def _finish():

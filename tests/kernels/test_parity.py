@@ -53,6 +53,7 @@ def _assert_close(got, want, dtype, what):
 
 CASES = [  # B, T, H, K, E, block, segment starts, dtype
     pytest.param(2, 128, 8, 2, 64, 128, None, jnp.float32, id="T128-gqa8:2-E64-causal"),
+    pytest.param(1, 512, 4, 2, 64, 128, None, jnp.float32, id="T512-gqa4:2-E64-causal-multiblock"),
     pytest.param(1, 512, 8, 2, 128, 128, (0, 200, 300), jnp.float32, id="T512-gqa8:2-E128-packed"),
     pytest.param(1, 256, 16, 1, 128, 128, (0, 77, 129), jnp.float32, id="T256-gqa16:1(32:2)-E128-packed"),
     pytest.param(1, 2048, 2, 1, 64, 512, (0, 1000, 1500), jnp.float32, id="T2048-gqa2:1-E64-packed"),

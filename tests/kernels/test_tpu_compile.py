@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED = ["flash fwd+bwd B1 T2048 H32 K2 E128", "flash fwd+bwd B2 T1024 H8 K2 E64",
-            "splash fwd+bwd B1 T2048 H32 K2 E128", "splash fwd+bwd B2 T1024 H8 K2 E64",
+EXPECTED = ["flash fwd+bwd B1 T2048 H32 K2 E128 packed", "flash fwd+bwd B2 T1024 H8 K2 E64",
+            "splash fwd+bwd B1 T2048 H32 K2 E128 packed", "splash fwd+bwd B2 T1024 H8 K2 E64",
             "train step reference", "train step flash", "train step splash"]
 
 
