@@ -67,6 +67,7 @@ class ModelConfig:
     attention: str = "reference"  # one of ATTENTION_BACKENDS
     attention_block_q: int = 512  # flash/splash query block
     attention_block_kv: int = 512  # flash/splash key/value block
+    attention_interpret: bool = False  # run flash/splash in Pallas interpret mode even on TPU (always on elsewhere)
     scan_layers: bool = True  # lax.scan over the stacked layers; False unrolls (same numbers)
     remat: str = "none"  # one of REMAT_POLICIES
 
@@ -92,6 +93,8 @@ class ModelConfig:
         for f in ("attention_block_q", "attention_block_kv"):
             v = getattr(self, f)
             _require(v > 0 and v % 8 == 0, f"model.{f}", f"must be a positive multiple of 8, got {v}")
+            _require(self.attention != "splash" or v % 128 == 0, f"model.{f}",
+                     f"splash attention needs a multiple of 128, got {v}")
         _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
 
     # Derived fields: computed here and nowhere else.

@@ -7,10 +7,11 @@ attention is position-wise, so the model permutes its inputs once on entry and i
 once on exit.
 
 Attention. Inside `jax.shard_map`, each shard all-gathers K/V (and their segment ids) along the
-sequence axis (cheap: GLM-4 has 2-4 kv heads) and attends its local queries against them; the
-causal mask uses every token's original index, so the result equals single-shard attention.
-The per-shard attention is passed in (`local_attention`), so any backend that accepts token
-indices can run here.
+sequence axis (cheap: GLM-4 has 2-4 kv heads), puts them back in original order, and attends
+each of its two query chunks against them with the chunk's offset in the sequence, so the
+causal mask is exact and the result equals single-shard attention. The per-chunk attention is
+passed in (`local_attention`): any backend that takes a query offset (reference, our flash
+kernel) runs here, and the kernel skips the key blocks past the chunk.
 
 Letters: B batch, T sequence (global), C = T / 2N chunk, H heads, K kv heads, E head dim.
 """
@@ -71,8 +72,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
     """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None, all in layout order and
     sharded over the sequence axis -> [B, T, H, E] in layout order.
 
-    local_attention(q [b, t, h, E], k [b, T, k, E], v, q_index [t], k_index [T], q_seg [b, t],
-    k_seg [b, T]) -> [b, t, h, E] runs on each shard."""
+    local_attention(q [b, C, h, E], k [b, T, k, E], v, q_seg [b, C], k_seg [b, T], q_offset)
+    -> [b, C, h, E] runs on each shard for each of its two chunks (k/v in original order; query c
+    of the chunk sits at position q_offset + c)."""
     mesh = jax.sharding.get_abstract_mesh()
     shards = mesh.shape[AXIS]
     B, T, H, E = q.shape
@@ -82,22 +84,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
     batch = _mesh_axes("batch", mesh, B)
     heads = _mesh_axes("heads", mesh, H)
     kv_heads = _mesh_axes("kv_heads", mesh, K) if heads is not None else None
-    order = jnp.asarray(layout_order(T, shards))
     group = H // K
+    chunk = T // (2 * shards)
 
     def per_shard(q, k, v, seg):
-        t = q.shape[1]
-        k_all = jax.lax.all_gather(k, AXIS, axis=1, tiled=True)
-        v_all = jax.lax.all_gather(v, AXIS, axis=1, tiled=True)
-        seg_all = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True)
-        q_index = jax.lax.dynamic_slice_in_dim(order, jax.lax.axis_index(AXIS) * t, t)
+        gather = lambda x: from_layout(jax.lax.all_gather(x, AXIS, axis=1, tiled=True), shards)  # noqa: E731
+        k_all, v_all, seg_all = gather(k), gather(v), gather(seg)
+        i = jax.lax.axis_index(AXIS)
         if heads is not None and kv_heads is None:
             # Q heads are split over the tensor axis but the few kv heads are not: give each
             # local query head its own group's kv head.
             h0 = jax.lax.axis_index(heads) * q.shape[2] if isinstance(heads, str) else 0
             pick = (h0 + jnp.arange(q.shape[2])) // group
             k_all, v_all = jnp.take(k_all, pick, axis=2), jnp.take(v_all, pick, axis=2)
-        return local_attention(q, k_all, v_all, q_index, order, seg, seg_all)
+        front, back = (local_attention(q[:, sl], k_all, v_all, seg[:, sl], seg_all, offset) for sl, offset in
+                       ((slice(0, chunk), i * chunk), (slice(chunk, None), (2 * shards - 1 - i) * chunk)))
+        return jnp.concatenate([front, back], axis=1)
 
     q_spec = P(batch, AXIS, heads, None)
     kv_spec = P(batch, AXIS, kv_heads, None)

@@ -11,6 +11,7 @@ group, E head dim.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -18,6 +19,9 @@ import jax.numpy as jnp
 
 from glm_jax.config import ModelConfig
 from glm_jax.kernels import context_parallel
+from glm_jax.kernels.flash_attention import flash_attention
+from glm_jax.kernels.shard import interpret_mode, per_shard
+from glm_jax.kernels.splash import splash_attention
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -54,17 +58,36 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
     return masked_attention(q, k, v, causal_segment_mask(index, index, segment_ids, segment_ids))
 
 
+def _kernel_backend(kernel: Callable) -> Callable:
+    """A Pallas kernel run per shard (shard_map over the current mesh), blocks and interpret
+    mode from the config; interpret mode switches on by itself when the target is not a TPU."""
+    def run(q, k, v, seg, cfg: ModelConfig):
+        fn = functools.partial(kernel, block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
+                               interpret=interpret_mode(cfg.attention_interpret))
+        return per_shard(fn, q, k, v, seg)
+    return run
+
+
 def _backends() -> dict[str, Callable]:
-    return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg)}
+    return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg),
+            "flash": _kernel_backend(flash_attention),
+            "splash": _kernel_backend(splash_attention)}
 
 
 def _context_parallel_backends() -> dict[str, Callable]:
-    """Per-shard attention for context parallelism: local queries against all-gathered K/V."""
+    """Attention of a chunk of local queries against all-gathered K/V (original token order):
+    fn(q [B, C, H, E], k/v [B, T, K, E], q_seg [B, C], k_seg [B, T], q_offset, cfg); query c
+    sits at position q_offset + c. Used inside context_parallel's shard_map."""
 
-    def reference(q, k, v, q_index, k_index, q_seg, k_seg, cfg):
-        return masked_attention(q, k, v, causal_segment_mask(q_index, k_index, q_seg, k_seg))
+    def reference(q, k, v, q_seg, k_seg, q_offset, cfg):
+        q_index = q_offset + jnp.arange(q.shape[1])
+        return masked_attention(q, k, v, causal_segment_mask(q_index, jnp.arange(k.shape[1]), q_seg, k_seg))
 
-    return {"reference": reference}
+    def flash(q, k, v, q_seg, k_seg, q_offset, cfg):
+        return flash_attention(q, k, v, q_seg, kv_segment_ids=k_seg, q_offset=q_offset, block_q=cfg.attention_block_q,
+                               block_kv=cfg.attention_block_kv, interpret=interpret_mode(cfg.attention_interpret))
+
+    return {"reference": reference, "flash": flash}
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, cfg: ModelConfig) -> jax.Array:
@@ -78,5 +101,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array |
             raise ValueError(f"model.attention={cfg.attention!r} has no context-parallel path yet; "
                              f"use one of {sorted(local)} with mesh.sequence > 1")
         fn = local[cfg.attention]
-        return context_parallel.attention(q, k, v, segment_ids, lambda *a: fn(*a, cfg))
+        return context_parallel.attention(q, k, v, segment_ids, lambda *a: fn(*a, cfg=cfg))
     return _backends()[cfg.attention](q, k, v, segment_ids, cfg)

@@ -8,7 +8,7 @@ import pytest
 from glm_jax import model, sharding
 from glm_jax.config import MeshConfig
 from glm_jax.kernels import context_parallel
-from tests.conftest import tiny_model
+from tests.conftest import replace, tiny_model
 
 
 def test_layout_balances_causal_work_and_round_trips():
@@ -29,10 +29,15 @@ def _sharded(params, cfg, mesh):
     return jax.device_put(params, shardings)
 
 
-@pytest.mark.parametrize("mesh_cfg", [MeshConfig(fsdp=2, sequence=4), MeshConfig(fsdp=1, sequence=8),
-                                      MeshConfig(fsdp=1, sequence=4, tensor=2)], ids=["seq4xfsdp2", "seq8", "seq4xtp2"])
-def test_forward_and_gradients_equal_single_shard_with_packing(mesh_cfg):
-    cfg = tiny_model()
+@pytest.mark.parametrize("backend, mesh_cfg", [
+    ("reference", MeshConfig(fsdp=2, sequence=4)), ("reference", MeshConfig(fsdp=1, sequence=8)),
+    ("reference", MeshConfig(fsdp=1, sequence=4, tensor=2)),
+    pytest.param("flash", MeshConfig(fsdp=2, sequence=4), marks=pytest.mark.slow),
+    pytest.param("flash", MeshConfig(fsdp=1, sequence=8), marks=pytest.mark.slow)],
+    ids=["seq4xfsdp2", "seq8", "seq4xtp2", "flash-seq4xfsdp2", "flash-seq8"])
+def test_forward_and_gradients_equal_single_shard_with_packing(backend, mesh_cfg):
+    # blocks of 8 tile the 64 / (2 x 4) and 64 / (2 x 8) token chunks of each shard
+    cfg = tiny_model(attention=backend, attention_block_q=8, attention_block_kv=8)
     params = model.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
     # two packed documents whose boundary (20) falls inside a context-parallel chunk
@@ -45,6 +50,9 @@ def test_forward_and_gradients_equal_single_shard_with_packing(mesh_cfg):
 
     want_logits = model.forward(params, tokens, cfg, positions=positions, segment_ids=segment_ids)
     want_grads = jax.grad(loss)(params)
+    ref = model.forward(params, tokens, replace(cfg, attention="reference"), positions=positions,
+                        segment_ids=segment_ids)
+    np.testing.assert_allclose(want_logits, ref, atol=2e-5)  # one shard: every backend agrees
     mesh = sharding.make_mesh(mesh_cfg)
     with jax.set_mesh(mesh):
         sp = _sharded(params, cfg, mesh)

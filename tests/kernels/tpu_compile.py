@@ -1,0 +1,74 @@
+"""Compiles the kernels and the debug model's training step for a TPU topology, without a TPU.
+
+    python -m tests.kernels.tpu_compile v5e:2x2     # prints one JSON line per compiled program
+
+Run in its own process by tests/kernels/test_tpu_compile.py: it loads libtpu next to the CPU
+backend. Mosaic compiles each kernel for the topology's chip, which checks VMEM use and layouts."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import dataclasses  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+
+from glm_jax import config, model  # noqa: E402
+from glm_jax.config import MeshConfig  # noqa: E402
+from glm_jax.kernels.flash_attention import flash_attention  # noqa: E402
+from glm_jax.kernels.splash import splash_attention  # noqa: E402
+from glm_jax.sharding import make_mesh  # noqa: E402
+from tests.kernels.train_step import jitted_step  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _report(what, compiled):
+    mem = compiled.memory_analysis()
+    print(json.dumps({"what": what, "temp_bytes": int(mem.temp_size_in_bytes),
+                      "argument_bytes": int(mem.argument_size_in_bytes)}), flush=True)
+
+
+def compile_kernels(device):
+    """fwd+bwd of each kernel on one chip, bf16: GLM-4-9B heads (32:2, E=128) with packed segments,
+    and 8:2 heads with E=64 unpacked (causal only)."""
+    sh = jax.sharding.SingleDeviceSharding(device)
+    for name, kernel in (("flash", flash_attention), ("splash", splash_attention)):
+        for B, T, H, K, E, packed in ((1, 2048, 32, 2, 128, True), (2, 1024, 8, 2, 64, False)):
+            q = jax.ShapeDtypeStruct((B, T, H, E), jnp.bfloat16, sharding=sh)
+            kv = jax.ShapeDtypeStruct((B, T, K, E), jnp.bfloat16, sharding=sh)
+            seg = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=sh) if packed else None
+
+            def loss(q, k, v, s, kernel=kernel):
+                return kernel(q, k, v, s, block_q=512, block_kv=512).astype(jnp.float32).sum()
+
+            f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            _report(f"{name} fwd+bwd B{B} T{T} H{H} K{K} E{E}{' packed' if packed else ''}",
+                    f.lower(q, kv, kv, seg).compile())
+
+
+def compile_train_steps(devices):
+    """The debug model's step with each backend on a (fsdp, tensor) mesh of the topology."""
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"))
+    mesh = make_mesh(MeshConfig(fsdp=-1, tensor=2), devices)
+    B, T = cfg.train.batch_size, cfg.train.seq_len
+    for backend in ("reference", "flash", "splash"):
+        m = dataclasses.replace(cfg.model, attention=backend)
+        step = jitted_step(m, mesh, (B, T))
+        tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
+        with jax.set_mesh(mesh):
+            lowered = step.lower(model.abstract_params(m), tokens, tokens, m)
+        if backend != "reference":  # the kernels must be Mosaic custom calls, not the interpreter
+            assert "tpu_custom_call" in lowered.as_text(), f"{backend}: no Mosaic kernel in the lowered step"
+        _report(f"train step {backend}", lowered.compile())
+
+
+if __name__ == "__main__":
+    topo = topologies.get_topology_desc(topology_name=sys.argv[1], platform="tpu")
+    compile_kernels(topo.devices[0])
+    compile_train_steps(topo.devices)
