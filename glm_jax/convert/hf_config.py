@@ -111,3 +111,26 @@ def check_against(hf: dict, cfg: ModelConfig) -> None:
         if key in stated and not math.isclose(float(stated[key]), float(ours), rel_tol=1e-6):
             raise ConversionError(f"checkpoint config.json has {key}={stated[key]!r} but config {cfg.name!r} has "
                                   f"{ours!r}; fix {field} or use the config that matches these weights")
+
+
+def model_config_from_hf(hf: dict, name: str = "hf") -> ModelConfig:
+    """Our ModelConfig for a checkpoint's config.json (transformers' Glm or THUDM's ChatGLM)."""
+    if hf.get("model_type") == "chatglm":
+        return ModelConfig(
+            name=name, vocab_size=hf["padded_vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_layers"],
+            num_heads=hf["num_attention_heads"],
+            kv_groups=hf["multi_query_group_num"] if hf.get("multi_query_attention") else hf["num_attention_heads"],
+            head_dim=hf.get("kv_channels", hf["hidden_size"] // hf["num_attention_heads"]),
+            ffn_hidden_size=hf["ffn_hidden_size"], rms_norm_eps=hf["layernorm_epsilon"],
+            rope_ratio=float(hf.get("rope_ratio", 1.0)), max_seq_len=hf.get("seq_length", 8192),
+            qkv_bias=hf.get("add_qkv_bias", True))
+    if hf.get("model_type") != "glm":
+        raise ConversionError(f"config.json model_type {hf.get('model_type')!r}: expected 'glm' or 'chatglm'")
+    theta, fraction = _hf_rope(hf)
+    return ModelConfig(
+        name=name, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], kv_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        ffn_hidden_size=hf["intermediate_size"], rms_norm_eps=hf["rms_norm_eps"], rope_ratio=theta / 10000.0,
+        rotary_fraction=fraction, max_seq_len=hf.get("max_position_embeddings", 8192),
+        qkv_bias=hf.get("attention_bias", True))
