@@ -54,3 +54,26 @@ def test_delete_and_v5e_runtime():
 def test_bad_flags_fail_before_any_command(flags, message):
     proc, cmds = _dry_run(*flags)
     assert proc.returncode == 2 and message in proc.stderr and cmds == []
+
+
+@pytest.mark.slow
+def test_local_sh_trains_two_processes_and_checkpoints(tmp_path):
+    import sys
+
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "-n", "2", "--config=configs/debug.py",
+                           f"--workdir={workdir}", "--config.train.steps=4", "--config.train.seq_len=128",
+                           "--config.checkpoint.every_steps=2"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i in range(2):
+        assert "finished at step 4" in (workdir / "logs" / f"process_{i}.log").read_text()
+    assert sorted(os.listdir(workdir / "checkpoints" / "main")) == ["2", "4"]
+
+
+def test_local_sh_needs_a_process_count():
+    proc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "--workdir=/tmp/x"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "-n N" in proc.stderr
