@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO
 
 WORKER = os.path.join(REPO, "tests", "train", "worker.py")
-RUN = ["mesh.fsdp=2", "mesh.tensor=2", "train.seq_len=64", "train.steps=20", "train.log_every=1",
+RUN = ["mesh.fsdp=2", "mesh.tensor=2", "train.seq_len=32", "train.steps=20", "train.log_every=1",
        "checkpoint.every_steps=5"]
 
 
@@ -24,8 +24,18 @@ def _cmd(workdir, devices=4, dist=(), overrides=RUN):
     return [sys.executable, WORKER, str(workdir), str(devices), *map(str, dist), "--", *overrides]
 
 
+_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """The runs of this module compile the same steps: share them through JAX's persistent cache."""
+    _CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+
+
 def _env():
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=_CACHE["dir"],
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _run(cmd, timeout=300):
@@ -111,7 +121,7 @@ def test_two_processes_train_checkpoint_and_restore(reference, tmp_path):
     """data=2 x fsdp=2 x tensor=2 over 2 processes x 4 devices: each host feeds half the rows. The
     losses match the one-process run (same global batches; warmup makes the lr independent of
     train.steps) and a second launch restores every host's iterator and params."""
-    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.seq_len=64", "train.log_every=1",
+    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.seq_len=32", "train.log_every=1",
             "checkpoint.every_steps=3"]
     outs = _two_processes(tmp_path, [*mesh, "train.steps=3"])
     assert all("RESULT finished 3" in o for o in outs)
