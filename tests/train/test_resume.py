@@ -93,9 +93,12 @@ def test_sigterm_saves_exits_and_resumes_bit_identically(reference, tmp_path):
 def test_kill_9_during_an_async_save_restores_the_last_complete_checkpoint(reference, tmp_path):
     rc, out = _run_until(_cmd(tmp_path), "checkpoint step 10: saving", signal.SIGKILL)
     assert rc == -signal.SIGKILL
+    stage = tmp_path / "checkpoints" / "main"
+    interrupted = any(name.startswith("10.") and "tmp" in name for name in os.listdir(stage))
     out = _run(_cmd(tmp_path))
     restored = int(out.split("restored checkpoint at step ")[1].split()[0])
-    assert restored in (5, 10)  # 10 only if its background write had completed before the kill
+    # Usually the kill lands mid-write (a temporary step-10 directory is left): step 5 is restored.
+    assert restored == (5 if interrupted else 10)
     assert "RESULT finished 20" in out
     assert _losses(tmp_path) == reference
 
