@@ -102,7 +102,11 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
         target = state_lib.sharded_abstract_state(cfg, mesh, tx)
         if cfg.train.optimizer_state == "keep":
             try:
-                state, _ = prev_ckpts.restore(last, target)
+                params = prev_ckpts.restore_params(last, target.params)
+                rest = prev_ckpts.restore_train(last, {"step": target.step, "opt_state": target.opt_state,
+                                                       "rng": target.rng})
+                state = state_lib.TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
+                                             rng=rest["rng"])
             except (ValueError, KeyError) as e:
                 raise ConfigError(f"stages.{name}.train.optimizer_state",
                                   f"cannot keep stage {prev_name!r}'s optimizer state ({e}); set it to 'reset'") from e
@@ -174,10 +178,11 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
                 state, m = step_fn(state, batch)
                 step += 1
                 m = jax.device_get(m)
-                if not math.isfinite(float(m["total_loss"])):
+                if not (math.isfinite(float(m["total_loss"])) and math.isfinite(float(m["grad_norm"]))):
                     ckpts.wait()
                     raise NonFiniteLossError(
-                        f"[{name}] non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last "
+                        f"[{name}] non-finite loss ({float(m['loss'])}, gradient norm {float(m['grad_norm'])}) at "
+                        f"step {step}; stopping. The last "
                         f"good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}. Lower train.lr, "
                         f"raise train.warmup_steps or set train.grad_clip.")
                 metrics.step(step, m)
