@@ -88,7 +88,7 @@ def hf(steps):
                        num_attention_heads=MODEL.num_heads, num_key_value_heads=MODEL.kv_groups,
                        head_dim=MODEL.head_dim, partial_rotary_factor=MODEL.rotary_fraction,
                        rms_norm_eps=MODEL.rms_norm_eps, attention_bias=True, tie_word_embeddings=False,
-                       max_position_embeddings=T)
+                       max_position_embeddings=T, pad_token_id=None, eos_token_id=None, bos_token_id=None)
     model = GlmForCausalLM(hf_cfg).float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     b = batch_arrays()
@@ -113,7 +113,9 @@ def main():
 
     torch.set_num_threads(os.cpu_count())
     our_sec, flops = ours(a.steps)
+    print(f"ours: {our_sec:.3f} s/step", flush=True)
     hf_sec, attn_impl = hf(a.steps)
+    print(f"hf:   {hf_sec:.3f} s/step", flush=True)
     jax_peak, torch_peak = jax_matmul_flops(), torch_matmul_flops()
     r = {
         "model": {"vocab": MODEL.vocab_size, "hidden": MODEL.hidden_size, "ffn": MODEL.ffn_hidden_size,

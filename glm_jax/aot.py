@@ -53,8 +53,10 @@ _SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
 def topology_devices(name: str) -> list:
     from jax.experimental import topologies  # noqa: PLC0415
 
+    # v4 and v5p chips have two TensorCores run as one device ("megacore"), as jax.devices() shows them.
+    megacore = {"chip_config_name": "megacore"} if name.split(":")[0] in ("v4", "v5p") else {}
     try:
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **megacore).devices)
     except Exception as e:  # libtpu raises a bare RuntimeError / XlaRuntimeError
         raise ValueError(f"--topology={name!r} is not a TPU topology libtpu knows ({e}); use names like "
                          f"v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4") from None

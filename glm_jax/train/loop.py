@@ -36,6 +36,8 @@ from glm_jax.train.metrics import Metrics
 from glm_jax.train.step import BATCH_FIELDS, make_train_step
 
 MakeIterator = Callable[..., Any]
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
+                 "qkv_bias")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,7 +104,11 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
         target = state_lib.sharded_abstract_state(cfg, mesh, tx)
         if cfg.train.optimizer_state == "keep":
             try:
-                state, _ = prev_ckpts.restore(last, target)
+                params = prev_ckpts.restore_params(last, target.params)
+                rest = prev_ckpts.restore_train(last, {"step": target.step, "opt_state": target.opt_state,
+                                                       "rng": target.rng})
+                state = state_lib.TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
+                                             rng=rest["rng"])
             except (ValueError, KeyError) as e:
                 raise ConfigError(f"stages.{name}.train.optimizer_state",
                                   f"cannot keep stage {prev_name!r}'s optimizer state ({e}); set it to 'reset'") from e
@@ -117,14 +123,12 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
         if not os.path.isdir(os.path.join(cfg.train.init_from, "params")):
             raise ConfigError("train.init_from", f"{cfg.train.init_from!r} is not a params-only checkpoint "
                               f"(expected {cfg.train.init_from}/params, written by checkpoint.save_params)")
-        params, src = ckpt_lib.restore_params(cfg.train.init_from, mesh=mesh)
-        if src.model != cfg.model:
-            diff = [f.name for f in dataclasses.fields(src.model) if getattr(src.model, f.name) != getattr(cfg.model, f.name)]
-            shape_fields = {"vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim",
-                            "ffn_hidden_size", "qkv_bias"}
-            if shape_fields & set(diff):
-                raise ConfigError("train.init_from", f"{cfg.train.init_from} holds a model that differs in "
-                                  f"{sorted(shape_fields & set(diff))}")
+        src = ckpt_lib.read_stages(cfg.train.init_from)[-1][1].model
+        differ = sorted(f for f in _SHAPE_FIELDS if getattr(src, f) != getattr(cfg.model, f))
+        if differ:
+            raise ConfigError("train.init_from", f"{cfg.train.init_from} holds a model that differs in "
+                              + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
+        params, _ = ckpt_lib.restore_params(cfg.train.init_from, mesh=mesh)
         _log(f"[{name}] starting from params {cfg.train.init_from}")
         return state_lib.state_from_params(cfg, mesh, tx, params, step=0)
     return state_lib.init_state(cfg, mesh, tx)
@@ -133,14 +137,7 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
 def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[str, Config] | None,
                 make_iterator: MakeIterator, preemption: _Preemption) -> RunResult:
     end = start + cfg.train.steps
-
-    # Mesh: every shape check happens here, before anything compiles.
-    mesh = sharding.make_mesh(cfg.mesh)
-    sharding.validate_for_mesh(cfg, dict(mesh.shape))
-    if cfg.train.batch_size % jax.process_count():
-        raise ConfigError("train.batch_size", f"{cfg.train.batch_size} rows cannot be split over "
-                          f"{jax.process_count()} processes")
-
+    mesh = sharding.make_mesh(cfg.mesh)  # shapes were checked for every stage by `validate`
     ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, name), cfg.checkpoint)
     latest = ckpts.latest_step()
     if latest is not None and latest >= end:
@@ -174,10 +171,11 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
                 state, m = step_fn(state, batch)
                 step += 1
                 m = jax.device_get(m)
-                if not math.isfinite(float(m["total_loss"])):
+                if not (math.isfinite(float(m["total_loss"])) and math.isfinite(float(m["grad_norm"]))):
                     ckpts.wait()
                     raise NonFiniteLossError(
-                        f"[{name}] non-finite loss ({float(m['loss'])}) at step {step}; stopping. The last "
+                        f"[{name}] non-finite loss ({float(m['loss'])}, gradient norm {float(m['grad_norm'])}) at "
+                        f"step {step}; stopping. The last "
                         f"good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}. Lower train.lr, "
                         f"raise train.warmup_steps or set train.grad_clip.")
                 metrics.step(step, m)
@@ -196,12 +194,30 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
     return RunResult(status, step, name)
 
 
+def validate(stages: list[tuple[str, Config]]) -> None:
+    """Checks every stage against the devices (mesh product, divisibility of heads, batch and
+    seq_len) before anything is loaded or compiled; errors name the field (`stages.<name>.` first
+    when the config has stages)."""
+    for name, cfg in stages:
+        try:
+            sizes = sharding.mesh_shape(cfg.mesh, jax.device_count())
+            sharding.validate_for_mesh(cfg, sizes)
+            if cfg.train.batch_size % jax.process_count():
+                raise ConfigError("train.batch_size", f"{cfg.train.batch_size} rows cannot be split over "
+                                  f"{jax.process_count()} processes")
+        except ConfigError as e:
+            if len(stages) == 1:
+                raise
+            raise ConfigError(f"stages.{name}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+
 def run(cd, workdir: str, make_iterator: MakeIterator) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir`, resuming whatever was done there before."""
     stages = config_lib.resolve_stages(cd)
     workdir = os.path.abspath(workdir)
     ckpt_lib.write_stages(workdir, stages)
+    validate(stages)
     start, prev, result = 0, None, None
     with _Preemption() as preemption:
         for name, cfg in stages:

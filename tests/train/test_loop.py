@@ -48,6 +48,18 @@ def test_config_errors_name_the_field_before_anything_starts(tmp_path, overrides
     assert data.calls == 0  # failed before the data pipeline, init or any compile
 
 
+def test_a_later_stage_error_fails_before_the_first_stage_trains(tmp_path):
+    cd = _cd()
+    cd.stage_order = ("short", "long")
+    cd.stages = ml_collections.ConfigDict({"short": {"train": {"steps": 1}},
+                                           "long": {"train": {"batch_size": 4}, "mesh": {"fsdp": 8, "tensor": 1}}})
+    data = _Recorder()
+    with pytest.raises(ConfigError) as e:
+        loop.run(cd, str(tmp_path), make_iterator=data)
+    assert e.value.field == "stages.long.train.batch_size"
+    assert data.calls == 0
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     cd = _cd("train.lr=1e30", "train.grad_clip=0.0", "train.warmup_steps=0", "train.schedule='constant'",
              "train.steps=4", "checkpoint.async_save=False")
