@@ -120,9 +120,15 @@ def validate_for_mesh(cfg: Config, mesh_sizes: dict[str, int]) -> None:
         raise ConfigError("train.batch_size", f"the micro-batch batch_size/grad_accum = {micro} is not divisible "
                           f"by data x fsdp = {rows}; use a multiple of {rows * t.grad_accum}")
     block = m.attention_block_q if m.attention != "reference" else 1
-    if t.seq_len % (mesh_sizes["sequence"] * block):
-        raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of sequence axis "
-                          f"({mesh_sizes['sequence']}) x attention block ({block})")
+    # Context parallelism cuts the sequence into 2 chunks per sequence shard (load balancing).
+    chunks = 2 * mesh_sizes["sequence"] if mesh_sizes["sequence"] > 1 else 1
+    if t.seq_len % (chunks * block):
+        raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of {chunks * block}: "
+                          f"{'2 x sequence axis (' + str(mesh_sizes['sequence']) + ')' if chunks > 1 else '1'} "
+                          f"x attention block ({block})")
+    if mesh_sizes["sequence"] > 1 and m.attention == "splash":
+        raise ConfigError("model.attention", "splash has no context-parallel path; use flash or reference with "
+                          "mesh.sequence > 1")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""configs/long_context.py resolves into valid stages; a bad stage fails before anything runs."""
+
+import os
+
+import pytest
+
+from glm_jax import config
+from glm_jax.config import ConfigError
+from glm_jax.train import loop
+from tests.conftest import REPO
+
+LONG = os.path.join(REPO, "configs", "long_context.py")
+
+
+def test_debug_plan_raises_rope_base_with_length_and_validates_on_8_devices():
+    stages = config.resolve_stages(config.load_config_dict(LONG + ":model=debug"))
+    assert [(n, c.train.seq_len, c.model.rope_theta) for n, c in stages] == \
+        [("ctx512", 512, 10000.0), ("ctx2k", 2048, 40000.0), ("ctx8k", 8192, 160000.0)]
+    loop.validate(stages)  # every stage fits the 8 test devices (sequence axis for the long ones)
+    nine_b = config.resolve_stages(config.load_config_dict(LONG + ":model=glm4_9b"))
+    assert [c.model.rope_ratio for _, c in nine_b] == [1.0, 50.0, 500.0] and nine_b[-1][1].train.seq_len == 131072
+
+
+def test_bad_stage_is_named_before_anything_runs(tmp_path):
+    cd = config.load_config_dict(LONG + ":model=debug")
+    cd.stages["ctx2k"]["train"]["seq_len"] = 2044  # not a multiple of 2 x sequence (4) x block
+    with pytest.raises(ConfigError, match=r"stages\.ctx2k\.train\.seq_len.*multiple of 8"):
+        loop.run(cd, str(tmp_path / "w"), make_iterator=None)
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+    cd = config.load_config_dict(LONG + ":model=debug")
+    cd.stages["ctx8k"]["train"]["seqlen"] = 4
+    with pytest.raises(ConfigError, match=r"stages\.ctx8k\.train\.seqlen"):
+        config.resolve_stages(cd)
+    with pytest.raises(ConfigError, match="model='gpt'"):
+        config.load_config_dict(LONG + ":model=gpt")
