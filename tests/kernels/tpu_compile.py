@@ -18,12 +18,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from glm_jax import config, model  # noqa: E402
-from glm_jax.config import MeshConfig  # noqa: E402
+from glm_jax import aot, config  # noqa: E402
 from glm_jax.kernels.flash_attention import flash_attention  # noqa: E402
 from glm_jax.kernels.splash import splash_attention  # noqa: E402
-from glm_jax.sharding import make_mesh  # noqa: E402
-from tests.kernels.train_step import jitted_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,19 +50,15 @@ def compile_kernels(device):
 
 
 def compile_train_steps(devices):
-    """The debug model's step with each backend on a (fsdp, tensor) mesh of the topology."""
-    cfg = config.load(os.path.join(REPO, "configs", "debug.py"))
-    mesh = make_mesh(MeshConfig(fsdp=-1, tensor=2), devices)
-    B, T = cfg.train.batch_size, cfg.train.seq_len
+    """The debug model's real train step (glm_jax.aot: donating, sharded, AdamW) with each backend
+    on a (fsdp, tensor) mesh of the topology."""
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), ["mesh.tensor=2"])
     for backend in ("reference", "flash", "splash"):
-        m = dataclasses.replace(cfg.model, attention=backend)
-        step = jitted_step(m, mesh, (B, T))
-        tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
-        with jax.set_mesh(mesh):
-            lowered = step.lower(model.abstract_params(m), tokens, tokens, m)
+        compiled, _ = aot.compile_train_step(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=backend)),
+                                             list(devices))
         if backend != "reference":  # the kernels must be Mosaic custom calls, not the interpreter
-            assert "tpu_custom_call" in lowered.as_text(), f"{backend}: no Mosaic kernel in the lowered step"
-        _report(f"train step {backend}", lowered.compile())
+            assert "tpu_custom_call" in compiled.as_text(), f"{backend}: no Mosaic kernel in the compiled step"
+        _report(f"train step {backend}", compiled)
 
 
 if __name__ == "__main__":

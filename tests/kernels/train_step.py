@@ -1,32 +1,33 @@
-"""A stand-in training step for the kernel tests: value_and_grad of next-token cross-entropy over
-`model.forward` with params sharded by the rule table. (The real train step lives in
-glm_jax/train; these tests switch to it once it is merged.)"""
+"""The real training loss and gradients (glm_jax.train.step.grads_and_sums) for the kernel tests,
+on packed rows given as (tokens, segment_ids), with params sharded by the rule table."""
 
 import jax
 import jax.numpy as jnp
 
-from glm_jax import model
+from glm_jax import config, model
 from glm_jax.sharding import sharding_for
+from glm_jax.train.step import grads_and_sums
 
 
-def loss_fn(params, tokens, segment_ids, cfg):
-    """Mean next-token cross-entropy within segments (a segment's last token predicts nothing)."""
-    logits = model.forward(params, tokens, cfg, segment_ids=segment_ids)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    w = (segment_ids[:, 1:] == segment_ids[:, :-1]).astype(jnp.float32)
-    return jnp.sum(nll * w) / jnp.sum(w)
+def batch_from(tokens, segment_ids):
+    """The training batch of packed rows: next-token targets within each segment."""
+    same_next = jnp.concatenate([segment_ids[:, 1:] == segment_ids[:, :-1],
+                                 jnp.zeros_like(segment_ids[:, :1], bool)], axis=1)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    idx = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    positions = idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return {"tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1), "positions": positions.astype(jnp.int32),
+            "segment_ids": segment_ids, "loss_mask": same_next.astype(jnp.float32)}
 
 
-def shardings(cfg, mesh, batch_shape):
-    """(param shardings tree, data sharding) for `mesh`."""
-    p = jax.tree.map(lambda s, axes: sharding_for(mesh, s.shape, axes), model.abstract_params(cfg),
-                     model.logical_axes(cfg))
-    return p, sharding_for(mesh, batch_shape, ("batch", "seq"))
+def jitted_step(model_cfg, mesh, batch_shape):
+    """jit of (params, tokens, segment_ids, model_cfg) -> (mean loss, grads of the summed loss)."""
+    p_shard = jax.tree.map(lambda s, axes: sharding_for(mesh, s.shape, axes), model.abstract_params(model_cfg),
+                           model.logical_axes(model_cfg))
+    d_shard = sharding_for(mesh, batch_shape, ("batch", "seq"))
 
+    def step(params, tokens, segment_ids, m):
+        grads, sums = grads_and_sums(params, batch_from(tokens, segment_ids), config.Config(model=m))
+        return sums["ce"] / sums["weight"], grads
 
-def jitted_step(cfg, mesh, batch_shape):
-    """jit of (params, tokens, segment_ids) -> (loss, grads) with explicit shardings."""
-    p_shard, d_shard = shardings(cfg, mesh, batch_shape)
-    return jax.jit(jax.value_and_grad(loss_fn), static_argnums=3, in_shardings=(p_shard, d_shard, d_shard),
-                   out_shardings=(None, p_shard))
+    return jax.jit(step, static_argnums=3, in_shardings=(p_shard, d_shard, d_shard), out_shardings=(None, p_shard))
