@@ -152,13 +152,16 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
     total = arg + out - alias + temp + code
     peak = metrics_lib.peak_flops_per_device(cfg, kind)
     coll_bytes = sum(r["bytes"] for r in costs["collectives"].values())
-    terms = {"compute": costs["flops"] / peak if peak else 0.0,
+    tokens = cfg.train.batch_size * cfg.train.seq_len
+    model_flops = metrics_lib.train_flops_per_token(cfg.model, cfg.train.seq_len) * tokens
+    # Pallas kernels report only the costs they declare, so XLA's count can fall below the model's
+    # own FLOPs; a step never does less than the model's FLOPs (MFU <= 100%).
+    compute_flops = max(costs["flops"], model_flops / devices)
+    terms = {"compute": compute_flops / peak if peak else 0.0,
              "hbm": costs["bytes"] / chip["hbm_bw"] if chip else 0.0,
              "collectives": coll_bytes / chip["ici_bw"] if chip else 0.0}
     roofline = max(terms.values())  # collectives overlapped with compute, as XLA schedules FSDP gathers
-    step_seconds = costs["seconds"] or roofline
-    tokens = cfg.train.batch_size * cfg.train.seq_len
-    model_flops = metrics_lib.train_flops_per_token(cfg.model, cfg.train.seq_len) * tokens
+    step_seconds = max(costs["seconds"] or 0.0, roofline)
     return {
         "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
         "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "tokens_per_step": tokens,
