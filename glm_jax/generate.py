@@ -81,9 +81,7 @@ def main(argv):
 
     params, cfg, vocab = _load_hf(_HF.value) if _HF.value else _load_workdir(_WORKDIR.value, _STEP.value)
     mesh = sharding.make_mesh(config.MeshConfig(fsdp=_FSDP.value, tensor=_TENSOR.value))
-    shardings = jax.tree.map(lambda s: sharding.sharding_for(mesh, s.shape, s.logical_axes), model.param_specs(cfg),
-                             is_leaf=lambda x: isinstance(x, model.ParamSpec))
-    params = jax.device_put(params, shardings)
+    params = jax.device_put(params, sharding.tree_shardings(mesh, model.param_specs(cfg)))
     stop = [vocab.special_id("<|endoftext|>")]
     if _CHAT.value:
         stop += [vocab.special_id(t) for t in ("<|user|>", "<|observation|>")]

@@ -23,12 +23,6 @@ def test_layout_balances_causal_work_and_round_trips():
         context_parallel.layout_order(20, 4)
 
 
-def _sharded(params, cfg, mesh):
-    shardings = jax.tree.map(lambda p, s: sharding.sharding_for(mesh, p.shape, s.logical_axes), params,
-                             model.param_specs(cfg), is_leaf=lambda x: isinstance(x, model.ParamSpec))
-    return jax.device_put(params, shardings)
-
-
 @pytest.mark.parametrize("backend, mesh_cfg", [
     ("reference", MeshConfig(fsdp=2, sequence=4)), ("reference", MeshConfig(fsdp=1, sequence=8)),
     ("reference", MeshConfig(fsdp=1, sequence=4, tensor=2)),
@@ -55,7 +49,7 @@ def test_forward_and_gradients_equal_single_shard_with_packing(backend, mesh_cfg
     np.testing.assert_allclose(want_logits, ref, atol=2e-5)  # one shard: every backend agrees
     mesh = sharding.make_mesh(mesh_cfg)
     with jax.set_mesh(mesh):
-        sp = _sharded(params, cfg, mesh)
+        sp = jax.device_put(params, sharding.tree_shardings(mesh, model.param_specs(cfg)))
         logits = jax.jit(lambda p: model.forward(p, tokens, cfg, positions=positions, segment_ids=segment_ids))(sp)
         grads = jax.jit(jax.grad(loss))(sp)
         hlo = jax.jit(jax.grad(loss)).lower(sp).compile().as_text()

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax import config, model
-from glm_jax.sharding import sharding_for
+from glm_jax.sharding import sharding_for, tree_shardings
 from glm_jax.train.step import grads_and_sums
 
 
@@ -22,8 +22,7 @@ def batch_from(tokens, segment_ids):
 
 def jitted_step(model_cfg, mesh, batch_shape):
     """jit of (params, tokens, segment_ids, model_cfg) -> (mean loss, grads of the summed loss)."""
-    p_shard = jax.tree.map(lambda s, axes: sharding_for(mesh, s.shape, axes), model.abstract_params(model_cfg),
-                           model.logical_axes(model_cfg))
+    p_shard = tree_shardings(mesh, model.param_specs(model_cfg))
     d_shard = sharding_for(mesh, batch_shape, ("batch", "seq"))
 
     def step(params, tokens, segment_ids, m):
