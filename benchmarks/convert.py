@@ -59,8 +59,8 @@ def main():
     over = [f"--config.{o}" for o in OVERRIDES]
     rows = []
     for name, args, nbytes in [
-        ("to-hf fp32", ["-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={a.dir}/hf32", "--dtype=float32"], gb),
-        ("to-hf bf16", ["-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={a.dir}/hf16", "--dtype=bfloat16"], gb),
+        ("to-hf fp32", ["-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={a.dir}/hf32", "--dtype=float32", "--max_shard_mb=256"], gb),
+        ("to-hf bf16", ["-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={a.dir}/hf16", "--dtype=bfloat16", "--max_shard_mb=256"], gb),
         ("from-hf fp32", ["-m", "glm_jax.convert", "from-hf", f"--hf={a.dir}/hf32", "--config=configs/debug.py", *over,
                           f"--out={a.dir}/back32"], gb),
         ("from-hf bf16", ["-m", "glm_jax.convert", "from-hf", f"--hf={a.dir}/hf16", "--config=configs/debug.py", *over,

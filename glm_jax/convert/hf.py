@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -45,12 +45,13 @@ def _commit_out_dir(tmp: str, out_dir: str) -> None:
     os.replace(tmp, out_dir)
 
 
-def export(params: Mapping, cfg: ModelConfig, out_dir: str, *, naming: str = "hf", dtype: str = "float32",
+def export(params: Mapping | Callable, cfg: ModelConfig, out_dir: str, *, naming: str = "hf", dtype: str = "float32",
            eos_token_ids: list[int] | None = None, pad_token_id: int | None = None,
            extra_files: Mapping[str, str] | None = None, max_shard_bytes: int = 2 << 30) -> None:
     """Writes sharded safetensors + index, config.json and generation_config.json to `out_dir`.
 
-    `extra_files` maps file names to source paths copied alongside (e.g. tokenizer files)."""
+    `params` is the tree or a lazy leaf reader (see keymap.export_tensors). `extra_files` maps file
+    names to source paths copied alongside (e.g. tokenizer files)."""
     if dtype not in _NP_DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
     tmp = _prepare_out_dir(out_dir)

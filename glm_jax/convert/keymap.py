@@ -170,10 +170,16 @@ def external_shape(m: TensorMap, cfg: ModelConfig) -> tuple[int, ...]:
     return tuple(jax.eval_shape(lambda *a: m.to_ext(*a, cfg), *leaves).shape)
 
 
-def export_tensors(params: Mapping, cfg: ModelConfig, naming: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (external name, numpy array) one tensor at a time, so callers can stream to disk."""
+def export_tensors(params: Mapping | Callable[[Path], np.ndarray], cfg: ModelConfig,
+                   naming: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (external name, numpy array) one tensor at a time, so callers can stream to disk.
+
+    `params` is the parameter tree or a function from a leaf path to that leaf (read lazily).
+    Tensors come map by map (all layers of one map, then the next), so a lazy reader needs
+    only the leaves of one map at a time."""
+    get = params if callable(params) else (lambda path: _get(params, path))
     for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
-        arrays = [np.asarray(_get(params, p) if i is None else _get(params, p)[i]) for p in m.leaves]
+        arrays = [np.asarray(get(p) if i is None else get(p)[i]) for p in m.leaves]
         yield name, np.ascontiguousarray(m.to_ext(*arrays, cfg))
 
 

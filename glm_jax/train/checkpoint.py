@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -192,18 +193,14 @@ def save_params(path: str, params: dict, cfg: Config) -> None:
             json.dump(config_to_dict(cfg), f, indent=2)
 
 
-def restore_params(workdir: str, step: int | None = None,
-                   mesh: jax.sharding.Mesh | None = None) -> tuple[dict, Config]:
-    """(params, Config) of a training workdir's latest checkpoint (or checkpoint `step`), or of a
-    params-only checkpoint. Works while the run is still going (only finished saves count) and
-    on any mesh: sharded by the rule table on `mesh`, or on one device when `mesh` is None. The
-    Config is the one of the stage that wrote the checkpoint."""
+def locate_params(workdir: str, step: int | None = None) -> tuple[str, Config]:
+    """(directory of the params item, Config of the stage that wrote it) for a training workdir's
+    latest finished checkpoint (or checkpoint `step`), or for a params-only checkpoint."""
     workdir = os.path.abspath(workdir)
     if os.path.isdir(os.path.join(workdir, "params")):
         if step is not None:
             raise ValueError(f"{workdir} is a params-only checkpoint (one step); do not pass step={step}")
-        cfg = read_stages(workdir)[-1][1]
-        return ocp.StandardCheckpointer().restore(os.path.join(workdir, "params"), params_target(cfg, mesh)), cfg
+        return os.path.join(workdir, "params"), read_stages(workdir)[-1][1]
     stages = read_stages(workdir)
     seen = []
     for name, cfg in reversed(stages):
@@ -212,12 +209,38 @@ def restore_params(workdir: str, step: int | None = None,
             continue
         ckpts = StageCheckpoints(d, read_only=True)
         try:
-            steps = ckpts.all_steps()
-            seen += steps
-            chosen = max(steps, default=None) if step is None else (step if step in steps else None)
-            if chosen is not None:
-                return ckpts.restore_params(chosen, params_target(cfg, mesh)), cfg
+            steps = ckpts.all_steps()  # finished saves only
         finally:
             ckpts.close()
+        seen += steps
+        chosen = max(steps, default=None) if step is None else (step if step in steps else None)
+        if chosen is not None:
+            return os.path.join(d, str(chosen), "params"), cfg
     what = "any checkpoint" if step is None else f"a checkpoint at step {step} (available: {sorted(seen)})"
     raise FileNotFoundError(f"{workdir} has no {what} yet")
+
+
+def restore_params(workdir: str, step: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> tuple[dict, Config]:
+    """(params, Config) of a training workdir's latest checkpoint (or checkpoint `step`), or of a
+    params-only checkpoint. Works while the run is still going (only finished saves count) and
+    on any mesh: sharded by the rule table on `mesh`, or on one device when `mesh` is None. The
+    Config is the one of the stage that wrote the checkpoint."""
+    directory, cfg = locate_params(workdir, step)
+    return ocp.StandardCheckpointer().restore(directory, params_target(cfg, mesh)), cfg
+
+
+def read_param_leaf(directory: str, path: tuple[str, ...]) -> np.ndarray:
+    """One leaf (e.g. ("layers", "mlp", "wi", "kernel")) of a params item as a host numpy array,
+    without reading the others: lets converters stream a checkpoint larger than memory allows twice."""
+    item: dict = {}
+    node = item
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = np.zeros(())
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    out = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    for p in path:
+        out = out[p]
+    return out
