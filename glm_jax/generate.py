@@ -45,14 +45,11 @@ def _load_hf(hf_dir: str):
 
 
 def _load_workdir(workdir: str, step):
-    from glm_jax.data import tasks
-    from glm_jax.data.tokenizer import load_tokenizer
+    from glm_jax.data.loader import vocabulary
     from glm_jax.train.checkpoint import restore_params
 
     params, cfg = restore_params(workdir, step)
-    vocab = (load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer
-             else tasks.tasks_and_rates(cfg.data.mixture)[0][0].output_features["targets"].vocabulary)
-    return params, cfg.model, vocab
+    return params, cfg.model, vocabulary(cfg)
 
 
 def prompt_ids(vocab, text: str, chat: bool) -> list[int]:

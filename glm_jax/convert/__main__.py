@@ -38,13 +38,13 @@ USAGE = ("usage: python -m glm_jax.convert to-hf --workdir=DIR --out=HF_DIR [--s
 
 def _tokenizer_files(cfg, tmp: str) -> tuple[dict[str, str], list[int], int | None]:
     """(files to ship with the export, eos ids, pad id) for the run's tokenizer; none if it has none."""
-    from glm_jax.data import tasks
-    from glm_jax.data.tokenizer import GLMTokenizer, load_tokenizer
+    from glm_jax.config import ConfigError
+    from glm_jax.data.loader import vocabulary
+    from glm_jax.data.tokenizer import GLMTokenizer
 
     try:
-        vocab = (load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer
-                 else tasks.tasks_and_rates(cfg.data.mixture)[0][0].output_features["targets"].vocabulary)
-    except Exception as e:  # a run whose data isn't registered here still exports its weights
+        vocab = vocabulary(cfg)
+    except ConfigError as e:  # a run whose data isn't registered here still exports its weights
         print(f"note: no tokenizer exported ({e})", file=sys.stderr)
         return {}, [], None
     ids = {name: vocab.special_id(name) for name in ("<|endoftext|>", "<|user|>", "<|observation|>")}

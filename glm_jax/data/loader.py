@@ -99,6 +99,16 @@ def _task_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
 
 
+def vocabulary(cfg: Config):
+    """The tokenizer a run's data uses: `data.tokenizer` if set, else the mixture's first task's."""
+    try:
+        if cfg.data.tokenizer:
+            return load_tokenizer(cfg.data.tokenizer)
+        return tasks_lib.tasks_and_rates(cfg.data.mixture)[0][0].output_features["targets"].vocabulary
+    except DataError as e:
+        raise ConfigError("data.tokenizer" if cfg.data.tokenizer else "data.mixture", str(e)) from None
+
+
 def task_streams(cfg: Config) -> list[TaskStream]:
     """Resolves `cfg.data.mixture` + tokenizer, caches each task, and builds its piece table."""
     try:

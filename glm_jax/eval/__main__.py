@@ -13,16 +13,6 @@ import os
 import sys
 
 
-def _tokenizer(cfg):
-    from glm_jax.data import tasks
-    from glm_jax.data.tokenizer import load_tokenizer
-
-    if cfg.data.tokenizer:
-        return load_tokenizer(cfg.data.tokenizer)
-    task, _ = tasks.tasks_and_rates(cfg.data.mixture)[0]
-    return task.output_features["targets"].vocabulary
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m glm_jax.eval", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -42,13 +32,14 @@ def main(argv=None) -> int:
     if a.depths < 1 or a.samples < 1:
         p.error("--depths and --samples must be >= 1")
 
+    from glm_jax.data.loader import vocabulary
     from glm_jax.eval import passkey
     from glm_jax.train.checkpoint import restore_params
 
     if not os.path.isdir(a.workdir):
         p.error(f"--workdir {a.workdir!r} does not exist")
     params, cfg = restore_params(a.workdir, a.step)
-    results = passkey.evaluate(params, cfg.model, _tokenizer(cfg), lengths, a.depths, a.samples, a.seed)
+    results = passkey.evaluate(params, cfg.model, vocabulary(cfg), lengths, a.depths, a.samples, a.seed)
     out = a.out or os.path.join(a.workdir, "eval", "passkey")
     passkey.save(results, out + ".json", out + ".png")
     print(f"{'length':>8} " + " ".join(f"{r['depth']:>6.0%}" for r in results["results"] if r["length"] == lengths[0]))
