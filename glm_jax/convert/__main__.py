@@ -27,7 +27,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (must not exist or be 
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16", "float16"], "to-hf: tensor dtype.")
 _NAMING = flags.DEFINE_enum("naming", "hf", ["hf", "thudm"], "to-hf: tensor names (transformers' Glm or THUDM's).")
 _SHARD_MB = flags.DEFINE_integer("max_shard_mb", 2048, "to-hf: largest safetensors shard (MiB); peak memory is "
-                                 "about one shard plus the largest weight.")
+                                 "about one shard plus one layer (or the embedding, if larger).")
 _HF = flags.DEFINE_string("hf", None, "from-hf: directory with safetensors (+ config.json).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "from-hf: the configs/*.py the weights belong to.",
                                           lock_config=False)
@@ -67,26 +67,17 @@ def _tokenizer_files(cfg, tmp: str) -> tuple[dict[str, str], list[int], int | No
 
 def to_hf() -> None:
     from glm_jax.convert import hf
-    from glm_jax.train.checkpoint import locate_params, read_param_leaf
+    from glm_jax.train.checkpoint import locate_params, param_reader
 
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("to-hf needs --workdir and --out\n" + USAGE)
     if not os.path.isdir(_WORKDIR.value):
         raise app.UsageError(f"--workdir {_WORKDIR.value!r} does not exist")
     directory, cfg = locate_params(_WORKDIR.value, _STEP.value)
-    cache: dict = {}
-
-    def leaf(path):  # read lazily; keep only the (at most 3, for THUDM's fused QKV) leaves in use
-        if path not in cache:
-            if len(cache) >= 3:
-                cache.pop(next(iter(cache)))
-            cache[path] = read_param_leaf(directory, path)
-        return cache[path]
-
     with tempfile.TemporaryDirectory() as tmp:
         files, eos, pad = _tokenizer_files(cfg, tmp)
-        hf.export(leaf, cfg.model, _OUT.value, naming=_NAMING.value, dtype=_DTYPE.value, eos_token_ids=eos,
-                  pad_token_id=pad, extra_files=files, max_shard_bytes=_SHARD_MB.value << 20)
+        hf.export(param_reader(directory), cfg.model, _OUT.value, naming=_NAMING.value, dtype=_DTYPE.value,
+                  eos_token_ids=eos, pad_token_id=pad, extra_files=files, max_shard_bytes=_SHARD_MB.value << 20)
     print(f"wrote {_OUT.value} ({_NAMING.value} names, {_DTYPE.value}) from {_WORKDIR.value}")
 
 
@@ -101,16 +92,16 @@ def from_hf() -> None:
     if os.path.exists(out) and os.listdir(out):
         raise app.UsageError(f"--out {out!r} exists and is not empty; choose a new directory")
     cfg = config.from_config_dict(_CONFIG.value)
-    params = hf.import_dir(_HF.value, cfg.model)  # validates everything before anything is written
-    tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(out))
-    try:
-        save_params(tmp, params, cfg)
-        if os.path.isdir(out):
-            os.rmdir(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with hf.open_dir(_HF.value, cfg.model) as read:  # validates everything before anything is written
+        tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(out))
+        try:
+            save_params(tmp, read, cfg)  # one layer at a time
+            if os.path.isdir(out):
+                os.rmdir(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     print(f"wrote {out}: start a run from it with --config.train.init_from={out}")
 
 

@@ -2,19 +2,21 @@
 
     export(params, cfg, out_dir, naming="hf", dtype="bfloat16")   # -> AutoModelForCausalLM.from_pretrained(out_dir)
     params = import_dir(hf_dir, cfg)                                # naming detected from the tensor names
+    with open_dir(hf_dir, cfg) as read: ...                         # the same, one leaf or layer at a time
 
 Export writes into a temporary sibling directory and renames it into place only when every file
 is written, so a failure leaves nothing partial at `out_dir`. Import validates every tensor name
-and shape (and config.json's rope theta, eps, ...) against the config before returning.
+and shape (and config.json's rope theta, eps, ...) against the config before reading any tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -22,6 +24,9 @@ import numpy as np
 from glm_jax.config import ModelConfig
 from glm_jax.convert import hf_config, keymap, safetensors_dir
 from glm_jax.convert.keymap import ConversionError
+
+if TYPE_CHECKING:
+    from glm_jax.train.checkpoint import LeafReader
 
 _NP_DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16, "float16": np.float16}
 
@@ -45,12 +50,12 @@ def _commit_out_dir(tmp: str, out_dir: str) -> None:
     os.replace(tmp, out_dir)
 
 
-def export(params: Mapping | Callable, cfg: ModelConfig, out_dir: str, *, naming: str = "hf", dtype: str = "float32",
+def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, naming: str = "hf", dtype: str = "float32",
            eos_token_ids: list[int] | None = None, pad_token_id: int | None = None,
            extra_files: Mapping[str, str] | None = None, max_shard_bytes: int = 2 << 30) -> None:
     """Writes sharded safetensors + index, config.json and generation_config.json to `out_dir`.
 
-    `params` is the tree or a lazy leaf reader (see keymap.export_tensors). `extra_files` maps file
+    `params` is the tree or a `LeafReader` (read a layer at a time, see keymap.export_tensors). `extra_files` maps file
     names to source paths copied alongside (e.g. tokenizer files)."""
     if dtype not in _NP_DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
@@ -76,15 +81,22 @@ def export(params: Mapping | Callable, cfg: ModelConfig, out_dir: str, *, naming
         raise
 
 
-def import_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> dict:
-    """Reads a checkpoint directory (sharded or single safetensors, bf16 or fp32, HF or THUDM
-    names) into our numpy parameter tree in cfg.param_dtype, validated against `cfg`."""
+@contextlib.contextmanager
+def open_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> Iterator[LeafReader]:
+    """Checks a checkpoint directory (sharded or single safetensors, bf16 or fp32, HF or THUDM
+    names; config.json if present) against `cfg`, then yields a `LeafReader` over it that reads
+    only the tensors each leaf, or layer of a stacked leaf, comes from."""
     if not os.path.isdir(hf_dir):
         raise ConversionError(f"--hf {hf_dir!r} is not a directory")
     config_path = os.path.join(hf_dir, "config.json")
     if os.path.isfile(config_path):
         with open(config_path) as f:
             hf_config.check_against(json.load(f), cfg)
-    with safetensors_dir.open_dir(hf_dir) as (names, get_tensor):
-        naming = naming or detect_naming(names)
-        return keymap.import_tensors(get_tensor, names, cfg, naming)
+    with safetensors_dir.open_dir(hf_dir) as (shapes, get_tensor):
+        yield keymap.import_reader(get_tensor, shapes, cfg, naming or detect_naming(list(shapes)))
+
+
+def import_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> dict:
+    """The whole numpy parameter tree (cfg.param_dtype) of a checkpoint directory; see `open_dir`."""
+    with open_dir(hf_dir, cfg, naming) as read:
+        return keymap.read_tree(read, cfg)

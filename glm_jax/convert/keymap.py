@@ -7,7 +7,8 @@ Two namings:
 
 Each `TensorMap` ties one external tensor to one or more of our leaves and says how to reshape
 in both directions; per-layer entries index the stacked `layers` axis. Shapes are checked
-against the spec tree on import; a mismatch names the tensor and both shapes.
+against the spec tree on import; a mismatch names the tensor and both shapes. Both directions
+go through a `LeafReader` (train.checkpoint) so that a stacked leaf moves one layer at a time.
 
 Letters: D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
 """
@@ -15,7 +16,8 @@ Letters: D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Mapping, Sequence
+import functools
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,9 @@ import numpy as np
 
 from glm_jax.config import ModelConfig
 from glm_jax.model.spec import param_specs
+
+if TYPE_CHECKING:
+    from glm_jax.train.checkpoint import LeafReader
 
 NAMINGS = ("hf", "thudm")
 Path = tuple[str, ...]
@@ -170,29 +175,29 @@ def external_shape(m: TensorMap, cfg: ModelConfig) -> tuple[int, ...]:
     return tuple(jax.eval_shape(lambda *a: m.to_ext(*a, cfg), *leaves).shape)
 
 
-def export_tensors(params: Mapping | Callable[[Path], np.ndarray], cfg: ModelConfig,
-                   naming: str) -> Iterator[tuple[str, np.ndarray]]:
+def export_tensors(params: Mapping | LeafReader, cfg: ModelConfig, naming: str) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (external name, numpy array) one tensor at a time, so callers can stream to disk.
 
-    `params` is the parameter tree or a function from a leaf path to that leaf (read lazily).
-    Tensors come map by map (all layers of one map, then the next), so a lazy reader needs
-    only the leaves of one map at a time."""
-    get = params if callable(params) else (lambda path: _get(params, path))
+    `params` is the parameter tree or a `LeafReader`, asked for one layer of the stacked leaves
+    at a time. Tensors come map by map (all layers of one map, then the next)."""
+    read = params if callable(params) else (lambda path, i: _get(params, path) if i is None else _get(params, path)[i])
     for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
-        arrays = [np.asarray(get(p) if i is None else get(p)[i]) for p in m.leaves]
+        arrays = [np.asarray(read(p, i)) for p in m.leaves]
         yield name, np.ascontiguousarray(m.to_ext(*arrays, cfg))
 
 
-def import_tensors(get_tensor: Callable[[str], np.ndarray], names: Sequence[str], cfg: ModelConfig,
-                   naming: str, dtype=None) -> dict:
-    """Builds our parameter tree from external tensors.
+def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, tuple[int, ...]], cfg: ModelConfig,
+                  naming: str) -> LeafReader:
+    """Checks a checkpoint against the config, then returns a `LeafReader` over it.
 
-    get_tensor(name) returns one external tensor (read lazily); `names` are the names the
-    checkpoint holds. Missing, unexpected and mis-shaped tensors raise `ConversionError` naming
-    the tensor; nothing is returned unless every tensor matches the config's spec tree."""
+    `shapes` maps every tensor name the checkpoint holds to its shape (from the file headers:
+    nothing is read to check). Missing, unexpected and mis-shaped tensors raise `ConversionError`
+    naming the tensor. The reader calls get_tensor(name) for the external tensors a leaf (or one
+    layer of it) comes from and returns it in the spec's dtype."""
     specs = param_specs(cfg)
+    maps = tensor_maps(cfg, naming)
     expected = external_names(cfg, naming)
-    present = {n for n in names if not n.endswith(IGNORED_SUFFIXES)}
+    present = {n for n in shapes if not n.endswith(IGNORED_SUFFIXES)}
     missing = [n for n in expected if n not in present]
     if missing:
         raise ConversionError(f"checkpoint lacks {len(missing)} tensor(s) the config needs, first: {missing[0]!r} "
@@ -201,20 +206,35 @@ def import_tensors(get_tensor: Callable[[str], np.ndarray], names: Sequence[str]
     if unexpected:
         raise ConversionError(f"checkpoint has {len(unexpected)} tensor(s) the config does not, first: "
                               f"{unexpected[0]!r} (naming={naming!r}, config {cfg.name!r}); is it the right config?")
-    out: dict = {}
-    for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
-        ext = np.asarray(get_tensor(name))
-        want = external_shape(m, cfg)
-        if ext.shape != want:
-            raise ConversionError(f"tensor {name!r} has shape {ext.shape}, but config {cfg.name!r} expects {want}")
-        for path, arr in zip(m.leaves, m.from_ext(ext, cfg)):
-            spec = _get(specs, path)
-            arr = arr.astype(dtype or spec.dtype)
-            node = out
-            for p in path[:-1]:
-                node = node.setdefault(p, {})
-            if i is None:
-                node[path[-1]] = arr
-            else:
-                node.setdefault(path[-1], np.empty(spec.shape, arr.dtype))[i] = arr
-    return out
+    want = {m.name: external_shape(m, cfg) for m in maps}
+    for name, m, _ in _expanded(maps, cfg):
+        if tuple(shapes[name]) != want[m.name]:
+            raise ConversionError(f"tensor {name!r} has shape {tuple(shapes[name])}, but config {cfg.name!r} "
+                                  f"expects {want[m.name]}")
+    source = {path: (m, k) for m in maps for k, path in enumerate(m.leaves)}
+
+    @functools.lru_cache(maxsize=1)  # one fused QKV tensor feeds three leaves, asked for in a row
+    def ours(name: str, m: TensorMap) -> tuple[np.ndarray, ...]:
+        return m.from_ext(np.asarray(get_tensor(name)), cfg)
+
+    def read(path, layer):
+        m, k = source[path]
+        spec = _get(specs, path)
+        if m.per_layer and layer is None:
+            out = np.empty(spec.shape, spec.dtype)
+            for i in range(cfg.num_layers):
+                out[i] = read(path, i)
+            return out
+        return ours(m.name.format(i=layer), m)[k].astype(spec.dtype)
+
+    return read
+
+
+def read_tree(read: LeafReader, cfg: ModelConfig) -> dict:
+    """The whole parameter tree, leaf by leaf, from a `LeafReader`."""
+    return jax.tree_util.tree_map_with_path(lambda kp, _: read(tuple(k.key for k in kp), None), param_specs(cfg))
+
+
+def import_tensors(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, naming: str) -> dict:
+    """Our whole parameter tree (numpy) from external tensors in memory; see `import_reader`."""
+    return read_tree(import_reader(tensors.__getitem__, {n: t.shape for n, t in tensors.items()}, cfg, naming), cfg)

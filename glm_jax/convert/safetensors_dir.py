@@ -2,8 +2,8 @@
 
 Writing keeps at most one shard in memory: tensors are buffered until the shard would pass
 `max_shard_bytes`, then written; `model.safetensors.index.json` maps every tensor to its shard.
-Reading opens each shard lazily and returns tensors one by one, so peak memory stays near one
-tensor (plus whatever the caller keeps).
+Reading gives every tensor's shape from the shard headers up front and the tensors one by one,
+so peak memory stays near one tensor (plus whatever the caller keeps).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def write_sharded(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]], max_s
 
 
 @contextlib.contextmanager
-def open_dir(path: str) -> Iterator[tuple[list[str], Callable[[str], np.ndarray]]]:
-    """Yields (tensor names, get_tensor) for a directory with an index or a single model.safetensors."""
+def open_dir(path: str) -> Iterator[tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]]:
+    """Yields ({tensor name: shape}, get_tensor) for a directory with an index or a single
+    model.safetensors; shapes come from the headers, get_tensor reads one tensor."""
     index_path, single = os.path.join(path, INDEX), os.path.join(path, SINGLE)
     if os.path.isfile(index_path):
         with open(index_path) as f:
@@ -66,12 +67,7 @@ def open_dir(path: str) -> Iterator[tuple[list[str], Callable[[str], np.ndarray]
     else:
         raise FileNotFoundError(f"{path!r} holds neither {INDEX} nor {SINGLE}: not a safetensors checkpoint directory")
     with contextlib.ExitStack() as stack:
-        handles = {}
-
-        def get_tensor(name: str) -> np.ndarray:
-            file = weight_map[name]
-            if file not in handles:
-                handles[file] = stack.enter_context(safe_open(os.path.join(path, file), "np"))
-            return handles[file].get_tensor(name)
-
-        yield list(weight_map), get_tensor
+        handles = {file: stack.enter_context(safe_open(os.path.join(path, file), "np"))
+                   for file in dict.fromkeys(weight_map.values())}
+        shapes = {n: tuple(handles[file].get_slice(n).get_shape()) for n, file in weight_map.items()}
+        yield shapes, lambda name: handles[weight_map[name]].get_tensor(name)

@@ -12,6 +12,10 @@ Workdir layout (one directory per stage, step numbers global over the run):
 A params-only checkpoint (`save_params`, what the HF importer writes and `train.init_from`
 reads) is `PATH/params/` plus `PATH/config.json`.
 
+Stacked leaves (everything under `layers`, shape [L, ...]) are stored one chunk per layer, so a
+converter reads or writes a single layer without touching the others (`param_reader`,
+`save_params` from a `LeafReader`).
+
 Saves are asynchronous (`checkpoint.async_save`): the arrays are copied off the devices before
 `save` returns, then written in the background into a temporary directory that orbax renames
 only when complete, so a crash mid-save leaves the previous checkpoint as the latest.
@@ -22,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 
 from glm_jax import config as config_lib, sharding
@@ -35,6 +40,27 @@ from glm_jax.model import spec
 from glm_jax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
+
+Path = tuple[str, ...]
+LeafReader = Callable[[Path, int | None], np.ndarray]
+"""read(path, layer) -> host array. `path` names a leaf of the params tree, e.g.
+("layers", "mlp", "wi", "kernel"); `layer` None asks for the whole leaf, an int for that layer's
+slice of a stacked leaf ([D, 2, F] of [L, D, 2, F]). Converters stream through these."""
+
+
+def _stacked(path: Path) -> bool:
+    return path[0] == "layers"  # the scanned blocks: every leaf there has a leading L axis
+
+
+def _keys(keypath) -> Path:
+    return tuple(k.key for k in keypath)
+
+
+def _save_args(params: dict) -> dict:
+    """One storage chunk per layer for stacked leaves (per device shard otherwise, orbax's default)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: ocp.SaveArgs(shard_axes=(0,) if _stacked(_keys(kp)) else ()), params)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +132,7 @@ class StageCheckpoints:
         """Saves at `state.step`; returns once the arrays are off the devices (the write goes on)."""
         step = int(jax.device_get(state.step))
         self.manager.save(step, force=True, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
+            params=ocp.args.StandardSave(state.params, save_args=_save_args(state.params)),
             train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
             data=IteratorStateSave(data_state)))
         if jax.process_index() == 0:
@@ -181,13 +207,59 @@ def params_target(cfg: Config, mesh: jax.sharding.Mesh | None = None) -> dict:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard)
 
 
-def save_params(path: str, params: dict, cfg: Config) -> None:
+@dataclasses.dataclass(frozen=True)
+class _LazyLeaf:
+    """A leaf `save_params` asks `read` for only while writing it (see _LazyLeafHandler)."""
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: LeafReader
+
+
+class _LazyLeafHandler(ocp.type_handlers.NumpyHandler):
+    """Writes `_LazyLeaf`s exactly as the numpy leaves they stand for (same files, same metadata),
+    stacked ones one layer at a time: no stacked leaf is ever whole in memory."""
+
+    async def serialize(self, values, infos, args=None):
+        args = args or [ocp.SaveArgs()] * len(values)
+        stores = []
+        for leaf, info, arg in zip(values, infos, args):
+            await info.await_path_creation()
+            tspec = ocp.type_handlers.get_json_tspec_write(
+                info, use_ocdbt=info.is_ocdbt_checkpoint, global_shape=leaf.shape, local_shape=leaf.shape,
+                dtype=leaf.dtype, process_index=jax.process_index(), arg=arg)
+            stores.append(await ts.open(tspec, create=True, open=True, context=info.ts_context))
+        whole = [(leaf, t) for leaf, t in zip(values, stores) if not _stacked(leaf.path)]
+        stacked = [(leaf, t) for leaf, t in zip(values, stores) if _stacked(leaf.path)]
+        for leaf, t in whole:
+            await t.write(leaf.read(leaf.path, None))
+        # Layer-major, so the leaves one external tensor feeds (e.g. a fused QKV) come in a row.
+        for i in range(stacked[0][0].shape[0] if stacked else 0):
+            for leaf, t in stacked:
+                await t[i].write(leaf.read(leaf.path, i))
+        return [ocp.future.NoopFuture()]  # written already
+
+
+_REGISTRY = ocp.type_handlers.create_type_handler_registry(
+    (_LazyLeaf, _LazyLeafHandler()),
+    *((t, ocp.type_handlers.get_type_handler(t)) for t in (jax.Array, np.ndarray)))
+
+
+def save_params(path: str, params: dict | LeafReader, cfg: Config) -> None:
     """Writes a params-only checkpoint (PATH/params + PATH/config.json) that `train.init_from`
-    and `restore_params` read. Blocks until written."""
+    and `restore_params` read. Blocks until written.
+
+    `params` is the tree of arrays, or a `LeafReader` (e.g. over a HuggingFace checkpoint) asked
+    for each unstacked leaf and each layer of the stacked ones in turn, so peak memory stays
+    near one layer."""
     path = os.path.abspath(path)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(path, "params"), params, force=True)
-    ckptr.wait_until_finished()
+    if callable(params):
+        read = params
+        params = jax.tree_util.tree_map_with_path(
+            lambda kp, a: _LazyLeaf(_keys(kp), a.shape, np.dtype(a.dtype), read), spec.abstract_params(cfg.model))
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=_REGISTRY))
+    ckptr.save(os.path.join(path, "params"), args=ocp.args.PyTreeSave(params, save_args=_save_args(params)),
+               force=True)
     if jax.process_index() == 0:
         with open(os.path.join(path, CONFIG_FILE), "w") as f:
             json.dump(config_to_dict(cfg), f, indent=2)
@@ -230,17 +302,42 @@ def restore_params(workdir: str, step: int | None = None,
     return ocp.StandardCheckpointer().restore(directory, params_target(cfg, mesh)), cfg
 
 
-def read_param_leaf(directory: str, path: tuple[str, ...]) -> np.ndarray:
-    """One leaf (e.g. ("layers", "mlp", "wi", "kernel")) of a params item as a host numpy array,
-    without reading the others: lets converters stream a checkpoint larger than memory allows twice."""
-    item: dict = {}
-    node = item
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-    node[path[-1]] = np.zeros(())
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    out = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-    for p in path:
-        out = out[p]
-    return out
+def param_reader(directory: str) -> LeafReader:
+    """A `LeafReader` over a params item on disk (a directory from `locate_params`): reads what
+    it is asked for and nothing else, on any host, whatever mesh wrote the checkpoint.
+
+    Reads go by storage chunk along the layers axis: one layer for checkpoints this code writes;
+    a chunk holding several layers is kept while they are asked for, for 3 leaves at most
+    (THUDM's fused QKV reads q, k and v of one layer together)."""
+    directory = epath.Path(directory)
+    metadata = ocp.StandardCheckpointer().metadata(directory).item_metadata
+    use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(directory)
+    context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)
+    stores: dict = {}
+    blocks: dict = {}  # path -> (first layer, [n, ...] array) of the last multi-layer chunk read
+
+    def store(path: Path):
+        if path not in stores:
+            leaf = metadata.tree
+            for p in path:
+                leaf = leaf[p]
+            info = ocp.type_handlers.ParamInfo(name=leaf.name, parent_dir=directory, is_ocdbt_checkpoint=use_ocdbt,
+                                               use_zarr3=metadata.use_zarr3, ts_context=context)
+            tspec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=use_ocdbt)
+            stores[path] = ts.open(tspec, open=True, context=context).result()
+        return stores[path]
+
+    def read(path: Path, layer: int | None = None) -> np.ndarray:
+        t = store(path)
+        n = t.chunk_layout.read_chunk.shape[0]
+        if layer is None or n == 1:
+            return (t if layer is None else t[layer]).read().result()
+        start = layer - layer % n
+        if blocks.get(path, (None,))[0] != start:
+            blocks.pop(path, None)
+            if len(blocks) >= 3:
+                blocks.pop(next(iter(blocks)))
+            blocks[path] = (start, t[start:start + n].read().result())
+        return blocks[path][1][layer - start]
+
+    return read

@@ -94,7 +94,7 @@ def test_thudm_round_trip_and_official_key_list(tmp_path):
     hf.export(params, cfg, out, naming="thudm")
     with safetensors_dir.open_dir(out) as (names, _):
         # The official index also lists the derived rotary inv_freq buffer, which we do not store.
-        assert sorted(names + ["transformer.rotary_pos_emb.inv_freq"]) == _official_glm4_keys(2)
+        assert sorted([*names, "transformer.rotary_pos_emb.inv_freq"]) == _official_glm4_keys(2)
     back = hf.import_dir(out, cfg)  # naming detected from the names
     jax.tree.map(np.testing.assert_array_equal, params, back)
     assert json.load(open(os.path.join(out, "config.json")))["multi_query_group_num"] == cfg.num_kv_heads

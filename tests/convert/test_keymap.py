@@ -16,7 +16,7 @@ def test_round_trip_is_identity(naming):
     params["layers"]["attn"]["q"]["bias"] += 1.0  # non-zero biases, so a mixed-up split shows
     tensors = dict(keymap.export_tensors(params, cfg, naming))
     assert list(tensors) == keymap.external_names(cfg, naming)
-    back = keymap.import_tensors(tensors.__getitem__, list(tensors), cfg, naming)
+    back = keymap.import_tensors(tensors, cfg, naming)
     jax.tree.map(np.testing.assert_array_equal, params, back)
 
 
@@ -36,8 +36,8 @@ def test_wrong_config_names_the_first_mismatching_tensor():
     tensors = dict(keymap.export_tensors(jax.tree.map(np.asarray, model.init_params(cfg, jax.random.key(0))), cfg, "hf"))
     other = tiny_model(ffn_hidden_size=128)
     with pytest.raises(keymap.ConversionError, match=r"model.layers.0.mlp.gate_up_proj.weight.*\(192, 64\).*\(256, 64\)"):
-        keymap.import_tensors(tensors.__getitem__, list(tensors), other, "hf")
+        keymap.import_tensors(tensors, other, "hf")
     with pytest.raises(keymap.ConversionError, match="lacks .* 'model.layers.2.input_layernorm.weight'"):
-        keymap.import_tensors(tensors.__getitem__, list(tensors), tiny_model(num_layers=3), "hf")
+        keymap.import_tensors(tensors, tiny_model(num_layers=3), "hf")
     rotary = {**tensors, "model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(4)}
-    keymap.import_tensors(rotary.__getitem__, list(rotary), cfg, "hf")  # derived buffers are ignored
+    keymap.import_tensors(rotary, cfg, "hf")  # derived buffers are ignored

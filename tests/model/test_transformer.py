@@ -30,7 +30,7 @@ def _hf_model(cfg, seed=0):
 
 def _params_from_hf(hf, cfg):
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    return jax.tree.map(jnp.asarray, keymap.import_tensors(sd.__getitem__, list(sd), cfg, "hf"))
+    return jax.tree.map(jnp.asarray, keymap.import_tensors(sd, cfg, "hf"))
 
 
 @pytest.fixture(scope="module")
