@@ -92,16 +92,16 @@ def from_hf() -> None:
     if os.path.exists(out) and os.listdir(out):
         raise app.UsageError(f"--out {out!r} exists and is not empty; choose a new directory")
     cfg = config.from_config_dict(_CONFIG.value)
-    with hf.open_dir(_HF.value, cfg.model) as read:  # validates everything before anything is written
-        tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(out))
-        try:
-            save_params(tmp, read, cfg)  # one layer at a time
-            if os.path.isdir(out):
-                os.rmdir(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    read = hf.dir_reader(_HF.value, cfg.model)  # validates everything before anything is written
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(out))
+    try:
+        save_params(tmp, read, cfg)  # one layer at a time
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"wrote {out}: start a run from it with --config.train.init_from={out}")
 
 

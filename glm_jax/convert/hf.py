@@ -2,7 +2,7 @@
 
     export(params, cfg, out_dir, naming="hf", dtype="bfloat16")   # -> AutoModelForCausalLM.from_pretrained(out_dir)
     params = import_dir(hf_dir, cfg)                                # naming detected from the tensor names
-    with open_dir(hf_dir, cfg) as read: ...                         # the same, one leaf or layer at a time
+    read = dir_reader(hf_dir, cfg)                                  # the same, read(path, layer) on demand
 
 Export writes into a temporary sibling directory and renames it into place only when every file
 is written, so a failure leaves nothing partial at `out_dir`. Import validates every tensor name
@@ -11,12 +11,11 @@ and shape (and config.json's rope theta, eps, ...) against the config before rea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import jax
 import numpy as np
@@ -61,8 +60,7 @@ def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, nami
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
     tmp = _prepare_out_dir(out_dir)
     try:
-        np_dtype = _NP_DTYPES[dtype]
-        tensors = ((name, a.astype(np_dtype)) for name, a in keymap.export_tensors(params, cfg, naming))
+        tensors = keymap.export_tensors(params, cfg, naming, _NP_DTYPES[dtype])
         safetensors_dir.write_sharded(tmp, tensors, max_shard_bytes)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config.to_hf_config(cfg, naming, dtype, eos_token_ids, pad_token_id), f, indent=2)
@@ -81,10 +79,9 @@ def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, nami
         raise
 
 
-@contextlib.contextmanager
-def open_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> Iterator[LeafReader]:
+def dir_reader(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> LeafReader:
     """Checks a checkpoint directory (sharded or single safetensors, bf16 or fp32, HF or THUDM
-    names; config.json if present) against `cfg`, then yields a `LeafReader` over it that reads
+    names; config.json if present) against `cfg`, then returns a `LeafReader` over it that reads
     only the tensors each leaf, or layer of a stacked leaf, comes from."""
     if not os.path.isdir(hf_dir):
         raise ConversionError(f"--hf {hf_dir!r} is not a directory")
@@ -92,11 +89,10 @@ def open_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> Iterat
     if os.path.isfile(config_path):
         with open(config_path) as f:
             hf_config.check_against(json.load(f), cfg)
-    with safetensors_dir.open_dir(hf_dir) as (shapes, get_tensor):
-        yield keymap.import_reader(get_tensor, shapes, cfg, naming or detect_naming(list(shapes)))
+    shapes, get_tensor = safetensors_dir.read_index(hf_dir)
+    return keymap.import_reader(get_tensor, shapes, cfg, naming or detect_naming(list(shapes)))
 
 
 def import_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> dict:
-    """The whole numpy parameter tree (cfg.param_dtype) of a checkpoint directory; see `open_dir`."""
-    with open_dir(hf_dir, cfg, naming) as read:
-        return keymap.read_tree(read, cfg)
+    """The whole numpy parameter tree (cfg.param_dtype) of a checkpoint directory; see `dir_reader`."""
+    return keymap.read_tree(dir_reader(hf_dir, cfg, naming), cfg)

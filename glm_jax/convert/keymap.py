@@ -16,7 +16,6 @@ Letters: D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -175,15 +174,17 @@ def external_shape(m: TensorMap, cfg: ModelConfig) -> tuple[int, ...]:
     return tuple(jax.eval_shape(lambda *a: m.to_ext(*a, cfg), *leaves).shape)
 
 
-def export_tensors(params: Mapping | LeafReader, cfg: ModelConfig, naming: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (external name, numpy array) one tensor at a time, so callers can stream to disk.
+def export_tensors(params: Mapping | LeafReader, cfg: ModelConfig, naming: str,
+                   dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (external name, contiguous numpy array, in `dtype` if given) one tensor at a time,
+    so callers can stream to disk.
 
     `params` is the parameter tree or a `LeafReader`, asked for one layer of the stacked leaves
     at a time. Tensors come map by map (all layers of one map, then the next)."""
     read = params if callable(params) else (lambda path, i: _get(params, path) if i is None else _get(params, path)[i])
     for name, m, i in _expanded(tensor_maps(cfg, naming), cfg):
-        arrays = [np.asarray(read(p, i)) for p in m.leaves]
-        yield name, np.ascontiguousarray(m.to_ext(*arrays, cfg))
+        # No local keeps what was read alive while the caller holds the tensor.
+        yield name, np.ascontiguousarray(m.to_ext(*[np.asarray(read(p, i)) for p in m.leaves], cfg), dtype=dtype)
 
 
 def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, tuple[int, ...]], cfg: ModelConfig,
@@ -213,10 +214,6 @@ def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, 
                                   f"expects {want[m.name]}")
     source = {path: (m, k) for m in maps for k, path in enumerate(m.leaves)}
 
-    @functools.lru_cache(maxsize=1)  # one fused QKV tensor feeds three leaves, asked for in a row
-    def ours(name: str, m: TensorMap) -> tuple[np.ndarray, ...]:
-        return m.from_ext(np.asarray(get_tensor(name)), cfg)
-
     def read(path, layer):
         m, k = source[path]
         spec = _get(specs, path)
@@ -225,7 +222,9 @@ def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, 
             for i in range(cfg.num_layers):
                 out[i] = read(path, i)
             return out
-        return ours(m.name.format(i=layer), m)[k].astype(spec.dtype)
+        # A fused QKV tensor is read once per leaf it feeds: the file is in the page cache by then.
+        ext = np.asarray(get_tensor(m.name.format(i=layer)))
+        return m.from_ext(ext, cfg)[k].astype(spec.dtype, copy=False)
 
     return read
 

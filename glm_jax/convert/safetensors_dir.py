@@ -8,10 +8,9 @@ so peak memory stays near one tensor (plus whatever the caller keeps).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 from safetensors import safe_open
@@ -53,10 +52,12 @@ def write_sharded(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]], max_s
     return index
 
 
-@contextlib.contextmanager
-def open_dir(path: str) -> Iterator[tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]]:
-    """Yields ({tensor name: shape}, get_tensor) for a directory with an index or a single
-    model.safetensors; shapes come from the headers, get_tensor reads one tensor."""
+def read_index(path: str) -> tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]:
+    """({tensor name: shape}, get_tensor) for a directory with an index or a single
+    model.safetensors. Shapes come from the shard headers; get_tensor(name) reads one tensor.
+
+    get_tensor opens the shard for each call: safetensors maps the file, and pages read through a
+    mapping that stays open count towards the process's memory until it is closed."""
     index_path, single = os.path.join(path, INDEX), os.path.join(path, SINGLE)
     if os.path.isfile(index_path):
         with open(index_path) as f:
@@ -66,8 +67,13 @@ def open_dir(path: str) -> Iterator[tuple[dict[str, tuple[int, ...]], Callable[[
             weight_map = {n: SINGLE for n in f.keys()}
     else:
         raise FileNotFoundError(f"{path!r} holds neither {INDEX} nor {SINGLE}: not a safetensors checkpoint directory")
-    with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(safe_open(os.path.join(path, file), "np"))
-                   for file in dict.fromkeys(weight_map.values())}
-        shapes = {n: tuple(handles[file].get_slice(n).get_shape()) for n, file in weight_map.items()}
-        yield shapes, lambda name: handles[weight_map[name]].get_tensor(name)
+    shapes = {}
+    for file in dict.fromkeys(weight_map.values()):
+        with safe_open(os.path.join(path, file), "np") as f:
+            shapes.update({n: tuple(f.get_slice(n).get_shape()) for n, fn in weight_map.items() if fn == file})
+
+    def get_tensor(name: str) -> np.ndarray:
+        with safe_open(os.path.join(path, weight_map[name]), "np") as f:
+            return f.get_tensor(name)
+
+    return shapes, get_tensor

@@ -69,10 +69,10 @@ def test_from_transformers_saved_model_then_back_is_identical(tmp_path):
     params = hf.import_dir(src, cfg)
     again = str(tmp_path / "again")
     hf.export(params, cfg, again)
-    with safetensors_dir.open_dir(src) as (names_a, get_a), safetensors_dir.open_dir(again) as (names_b, get_b):
-        assert sorted(names_a) == sorted(names_b)
-        for n in names_a:
-            np.testing.assert_array_equal(get_a(n), get_b(n), err_msg=n)
+    (names_a, get_a), (names_b, get_b) = safetensors_dir.read_index(src), safetensors_dir.read_index(again)
+    assert sorted(names_a) == sorted(names_b)
+    for n in names_a:
+        np.testing.assert_array_equal(get_a(n), get_b(n), err_msg=n)
 
 
 def _official_glm4_keys(num_layers):
@@ -92,9 +92,9 @@ def test_thudm_round_trip_and_official_key_list(tmp_path):
     params = _random_params(cfg)
     out = str(tmp_path / "thudm")
     hf.export(params, cfg, out, naming="thudm")
-    with safetensors_dir.open_dir(out) as (names, _):
-        # The official index also lists the derived rotary inv_freq buffer, which we do not store.
-        assert sorted([*names, "transformer.rotary_pos_emb.inv_freq"]) == _official_glm4_keys(2)
+    names, _ = safetensors_dir.read_index(out)
+    # The official index also lists the derived rotary inv_freq buffer, which we do not store.
+    assert sorted([*names, "transformer.rotary_pos_emb.inv_freq"]) == _official_glm4_keys(2)
     back = hf.import_dir(out, cfg)  # naming detected from the names
     jax.tree.map(np.testing.assert_array_equal, params, back)
     assert json.load(open(os.path.join(out, "config.json")))["multi_query_group_num"] == cfg.num_kv_heads

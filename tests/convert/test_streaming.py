@@ -99,9 +99,8 @@ def test_from_hf_writes_layer_by_layer_the_checkpoint_the_tree_would_give(sharde
         size=params["layers"]["attn"]["k"]["bias"].shape).astype(np.float32)  # a mixed-up QKV split would show
     hf_dir = str(tmp_path / "hf")
     hf.export(params, cfg.model, hf_dir, naming=naming, dtype="float32", max_shard_bytes=1 << 20)
-    with hf.open_dir(hf_dir, cfg.model) as read:
-        recorded, calls = _recording(read)
-        checkpoint.save_params(str(tmp_path / "streamed"), recorded, cfg)
+    recorded, calls = _recording(hf.dir_reader(hf_dir, cfg.model))
+    checkpoint.save_params(str(tmp_path / "streamed"), recorded, cfg)
     assert not _whole_stacked_requests(calls)
     checkpoint.save_params(str(tmp_path / "tree"), params, cfg)
     for m in (None, mesh):
