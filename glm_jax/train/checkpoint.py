@@ -23,6 +23,7 @@ only when complete, so a crash mid-save leaves the previous checkpoint as the la
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -233,10 +234,8 @@ class _LazyLeafHandler(ocp.type_handlers.NumpyHandler):
         stacked = [(leaf, t) for leaf, t in zip(values, stores) if _stacked(leaf.path)]
         for leaf, t in whole:
             await t.write(leaf.read(leaf.path, None))
-        # Layer-major, so the leaves one external tensor feeds (e.g. a fused QKV) come in a row.
-        for i in range(stacked[0][0].shape[0] if stacked else 0):
-            for leaf, t in stacked:
-                await t[i].write(leaf.read(leaf.path, i))
+        for i in range(stacked[0][0].shape[0] if stacked else 0):  # one layer of every leaf at a time, in parallel
+            await asyncio.gather(*[t[i].write(leaf.read(leaf.path, i)) for leaf, t in stacked])
         return [ocp.future.NoopFuture()]  # written already
 
 
