@@ -54,8 +54,8 @@ def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, nami
            extra_files: Mapping[str, str] | None = None, max_shard_bytes: int = 2 << 30) -> None:
     """Writes sharded safetensors + index, config.json and generation_config.json to `out_dir`.
 
-    `params` is the tree or a `LeafReader` (read a layer at a time, see keymap.export_tensors). `extra_files` maps file
-    names to source paths copied alongside (e.g. tokenizer files)."""
+    `params` is the tree or a `LeafReader` (asked for a layer at a time, see keymap.export_tensors).
+    `extra_files` maps file names to source paths copied alongside (e.g. tokenizer files)."""
     if dtype not in _NP_DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
     tmp = _prepare_out_dir(out_dir)

@@ -63,7 +63,6 @@ def _save_args(params: dict) -> dict:
         lambda kp, _: ocp.SaveArgs(shard_axes=(0,) if _stacked(_keys(kp)) else ()), params)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The data iterator's state: one JSON file per process
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +221,8 @@ class _LazyLeafHandler(ocp.type_handlers.NumpyHandler):
     stacked ones one layer at a time: no stacked leaf is ever whole in memory."""
 
     async def serialize(self, values, infos, args=None):
+        if jax.process_index() != 0:  # host data, the same on every process: one writes it (as NumpyHandler)
+            return [ocp.future.NoopFuture()]
         args = args or [ocp.SaveArgs()] * len(values)
         stores = []
         for leaf, info, arg in zip(values, infos, args):
