@@ -11,6 +11,9 @@ the digits, `length` tokens in all. It is scored, teacher forced and determinist
     results = evaluate(params, cfg, tokenizer, lengths=[512, 1024], depths=10, samples=4)
     save(results, "passkey.json", "passkey.png")
 
+`training_texts` writes the same task as plain documents (other keys, other haystack offsets) for
+teaching a small model retrieval before a long-context experiment (benchmarks/long_context.py).
+
 Letters: N examples, T length, V vocab.
 """
 
@@ -63,6 +66,20 @@ def make_example(tokenizer, length: int, depth: float, key: int, offset: int = 0
     cut = int(round(depth * filler_len))
     ids = np.concatenate([prefix, filler[:cut], needle, filler[cut:], question, answer]).astype(np.int32)
     return ids, length - len(answer)
+
+
+def training_texts(tokenizer, count: int, min_tokens: int, max_tokens: int, seed: int = 1) -> list[str]:
+    """`count` passkey documents (text, no special tokens) of min_tokens..max_tokens tokens each,
+    needle at a uniform depth, ending in the answer. Keys and haystack offsets come from `seed`;
+    `evaluate` draws its keys from its own seed (default 0), so use another one here."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_tokens, max_tokens + 1, count)
+    texts = []
+    for length in lengths:
+        key = int(rng.integers(10_000, 100_000))
+        ids, _ = make_example(tokenizer, int(length) + 2, float(rng.random()), key, offset=int(rng.integers(1 << 30)))
+        texts.append(tokenizer.decode(ids[2:]))  # without [gMASK]<sop>: a text task adds no specials
+    return texts
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "answer_start"))

@@ -34,6 +34,17 @@ def test_too_short_length_is_refused(tok):
         passkey.make_example(tok, 16, 0.5, 12345)
 
 
+def test_training_texts_fit_their_length_and_end_in_their_own_key(tok):
+    texts = passkey.training_texts(tok, 20, 100, 300, seed=3)
+    assert texts == passkey.training_texts(tok, 20, 100, 300, seed=3)
+    for text in texts:
+        assert 95 <= len(tok.encode(text)) <= 305  # re-tokenizing the decoded text may merge a few tokens
+        key = text.rsplit("The pass key is ", 1)[1]
+        assert key.isdigit() and f"The pass key is {key}. Remember it. {key} is the pass key." in text
+    eval_keys = {str(k) for k in np.random.default_rng(0).integers(10_000, 100_000, 4)}
+    assert not eval_keys & {t.rsplit(" ", 1)[1] for t in texts}
+
+
 def test_scores_are_deterministic_and_accuracy_tracks_greedy(tok, tmp_path):
     cfg = tiny_model(vocab_size=4096)
     params = model.init_params(cfg, jax.random.key(0))

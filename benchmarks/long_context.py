@@ -1,0 +1,167 @@
+"""Does raising the RoPE base help a model continue to longer contexts? A real run on the debug model.
+
+    python -m benchmarks.long_context [--steps_512=300] [--steps_2k=100] [--workdir=runs/long_context]
+
+The debug plan of configs/long_context.py, cut to its first two stages: train at 512 tokens, then
+continue at 2K tokens (a) with rope_ratio 4 (the plan) and (b) with rope_ratio 1, same steps, same
+data, same start (stage ctx512 runs once; both arms copy its workdir and resume into ctx2k, the
+way the trainer switches stages). The data teaches retrieval: 3/4 passkey documents
+(`passkey.training_texts`, keys and haystack offsets disjoint from the eval's) sized to each
+stage's length, 1/4 English prose. Then `passkey.evaluate` scores every arm at each length and
+depth (log-probability of the digits and exact greedy retrieval). Prints the tables, writes JSON
+and one heatmap per arm next to it, and says whether the scaled arm beats the unscaled one at
+4x the first stage's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+
+def _devices_flag() -> int:  # read before jax is imported: it fixes the number of CPU devices
+    for i, arg in enumerate(sys.argv):
+        if arg.startswith("--devices"):
+            return int(arg.split("=", 1)[1] if "=" in arg else sys.argv[i + 1])
+    return 8
+
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_devices_flag()}")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from glm_jax import config  # noqa: E402
+from glm_jax.data import tasks  # noqa: E402
+from glm_jax.data.loader import make_iterator, vocabulary  # noqa: E402
+from glm_jax.eval import passkey  # noqa: E402
+from glm_jax.train import loop  # noqa: E402
+from glm_jax.train.checkpoint import restore_params  # noqa: E402
+
+BASE_LEN = 512
+ARMS = {"scaled": 4.0, "unscaled": 1.0}  # ctx2k rope_ratio of each arm
+
+
+def register_data(workdir: str, tokenizer, docs_512: int, docs_2k: int) -> dict[str, str]:
+    """Writes the passkey documents for both stages and registers one mixture per stage."""
+    mixtures = {}
+    for stage, (count, lo, hi, seed) in {"ctx512": (docs_512, 96, BASE_LEN - 8, 1),
+                                         "ctx2k": (docs_2k, 256, 2048 - 8, 2)}.items():
+        path = os.path.join(workdir, "data", f"passkey_{stage}.jsonl.gz")
+        if not os.path.isfile(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with gzip.open(path + ".tmp", "wt", encoding="utf-8") as f:
+                for text in passkey.training_texts(tokenizer, count, lo, hi, seed=seed):
+                    f.write(json.dumps({"text": text}) + "\n")
+            os.replace(path + ".tmp", path)
+        tasks.register_text_task(f"passkey_{stage}", path)
+        mixtures[stage] = tasks.register_mixture(f"passkey_{stage}_en", [(f"passkey_{stage}", 0.75),
+                                                                        ("bundled_en", 0.25)]).name
+    return mixtures
+
+
+def arm_config(rope_ratio: float, mixtures: dict[str, str], steps_512: int, steps_2k: int, max_len: int,
+               plan_mesh: bool):
+    """configs/long_context.py:model=debug with its first two stages; ctx2k at `rope_ratio`.
+    `plan_mesh`: the plan's meshes (8 devices, ctx2k context-parallel); else fsdp over all devices."""
+    cd = config.load_config_dict(os.path.join(REPO, "configs", "long_context.py:model=debug"))
+    cd.stage_order = ("ctx512", "ctx2k")
+    del cd.stages["ctx8k"]
+    cd.model.max_seq_len = max_len
+    cd.checkpoint.every_steps = 200
+    for stage, steps in (("ctx512", steps_512), ("ctx2k", steps_2k)):
+        cd.stages[stage].train.steps = steps
+        cd.stages[stage].train.warmup_steps = min(20, steps // 5)
+        cd.stages[stage].data = {"mixture": mixtures[stage]}
+    cd.stages.ctx2k.model.rope_ratio = rope_ratio
+    if not plan_mesh:
+        for stage in cd.stage_order:
+            cd.stages[stage].mesh = {"data": 1, "fsdp": -1, "sequence": 1, "tensor": 1}
+            cd.stages[stage].model.remat = "none"
+    return cd
+
+
+def by_length(res: dict, n: int, key: str) -> float:
+    """Mean of `key` (accuracy or logprob) over the depths at length n."""
+    vals = [r[key] for r in res["results"] if r["length"] == n]
+    return sum(vals) / len(vals)
+
+
+def print_row(arm: str, res: dict, lengths: list[int]) -> None:
+    print(f"{arm:12} {res['rope_theta']:>10g} " + " ".join(
+        f"{by_length(res, n, 'accuracy'):>6.2f} /{by_length(res, n, 'logprob'):>6.2f}" for n in lengths), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=8, help="CPU devices; 8 runs the plan's meshes (ctx2k "
+                    "context-parallel), fewer run fsdp over them (faster on a small CPU)")
+    ap.add_argument("--steps_512", type=int, default=300)
+    ap.add_argument("--steps_2k", type=int, default=100)
+    ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "long_context"))
+    ap.add_argument("--lengths", default="512,1024,2048,4096")
+    ap.add_argument("--depths", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "long_context.json"))
+    a = ap.parse_args()
+    lengths = [int(x) for x in a.lengths.split(",")]
+    target = 4 * BASE_LEN
+    if target not in lengths:
+        ap.error(f"--lengths must include {target} (4x the first stage's length)")
+
+    base_cfg = config.from_config_dict(config.load_config_dict(os.path.join(REPO, "configs", "debug.py")))
+    tokenizer = vocabulary(base_cfg)
+    mixtures = register_data(a.workdir, tokenizer, docs_512=4000, docs_2k=2000)
+    report = {"steps_512": a.steps_512, "steps_2k": a.steps_2k, "arms": {}}
+
+    base_dir = os.path.join(a.workdir, "ctx512")
+    first = arm_config(1.0, mixtures, a.steps_512, a.steps_2k, max(lengths), a.devices == 8)
+    first.stage_order = ("ctx512",)
+    del first.stages["ctx2k"]
+    t0 = time.perf_counter()
+    loop.run(first, base_dir, make_iterator)
+    report["ctx512_seconds"] = time.perf_counter() - t0
+    params, cfg = restore_params(base_dir)
+    report["arms"]["ctx512 only"] = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples)
+    print_row("ctx512 only", report["arms"]["ctx512 only"], lengths)
+
+    for arm, ratio in ARMS.items():
+        arm_dir = os.path.join(a.workdir, arm)
+        if not os.path.isdir(arm_dir):
+            shutil.copytree(base_dir, arm_dir)
+        t0 = time.perf_counter()
+        loop.run(arm_config(ratio, mixtures, a.steps_512, a.steps_2k, max(lengths), a.devices == 8), arm_dir, make_iterator)
+        seconds = time.perf_counter() - t0
+        params, cfg = restore_params(arm_dir)
+        res = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples)
+        res["ctx2k_seconds"] = seconds
+        res["rope_ratio"] = ratio
+        report["arms"][arm] = res
+        print_row(arm, res, lengths)
+
+    print(f"\n{'arm':12} {'rope theta':>10} " + " ".join(f"{n:>14}" for n in lengths) + "   (accuracy / logprob)")
+    for arm, res in report["arms"].items():
+        print_row(arm, res, lengths)
+    scaled, unscaled = report["arms"]["scaled"], report["arms"]["unscaled"]
+    report["scaled_beats_unscaled_at_4x"] = {
+        key: by_length(scaled, target, key) > by_length(unscaled, target, key) for key in ("accuracy", "logprob")}
+    print(f"\nsteps: ctx512 {a.steps_512} ({report['ctx512_seconds']:.0f} s), ctx2k {a.steps_2k} per arm "
+          f"(scaled {scaled['ctx2k_seconds']:.0f} s, unscaled {unscaled['ctx2k_seconds']:.0f} s)")
+    print(f"scaled beats unscaled at {target}: {report['scaled_beats_unscaled_at_4x']}")
+
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(report, f, indent=2)
+    stem = os.path.splitext(a.out)[0]
+    for arm, res in report["arms"].items():
+        passkey.save(res, f"{stem}_{arm.split()[0]}.json", f"{stem}_{arm.split()[0]}.png")
+    print(f"wrote {a.out} and {stem}_<arm>.json/.png")
+
+
+if __name__ == "__main__":
+    main()
