@@ -1,7 +1,11 @@
 """Evaluate a training workdir (or a params-only checkpoint).
 
     python -m glm_jax.eval passkey --workdir=DIR --lengths=512,1024,2048,4096,8192 --depths=10 \
-        [--samples=4] [--step=N] [--out=DIR/eval/passkey]
+        [--samples=4] [--step=N] [--out=DIR/eval/passkey] [--tokenizer=FILE]
+
+The tokenizer is the run's (`data.tokenizer`, else its mixture's); `--tokenizer` names a file
+instead, for a run whose data tasks were registered by another program (e.g.
+benchmarks/long_context.py: `--tokenizer=data/tokenizer/bundled.tiktoken`).
 
 Writes OUT.json and OUT.png (accuracy heatmap, depth x length) and prints a table.
 """
@@ -23,6 +27,8 @@ def main(argv=None) -> int:
     pk.add_argument("--depths", type=int, default=10, help="number of evenly spaced depths in [0, 1]")
     pk.add_argument("--samples", type=int, default=4)
     pk.add_argument("--seed", type=int, default=0)
+    pk.add_argument("--tokenizer", default="", help="tokenizer file (tiktoken or SentencePiece) to use "
+                    "instead of the run's")
     pk.add_argument("--out", default=None, help="output path without extension (default WORKDIR/eval/passkey)")
     a = p.parse_args(argv)
     try:
@@ -32,14 +38,23 @@ def main(argv=None) -> int:
     if a.depths < 1 or a.samples < 1:
         p.error("--depths and --samples must be >= 1")
 
+    from glm_jax.config import ConfigError
     from glm_jax.data.loader import vocabulary
+    from glm_jax.data.errors import DataError
+    from glm_jax.data.tokenizer import load_tokenizer
     from glm_jax.eval import passkey
     from glm_jax.train.checkpoint import restore_params
 
     if not os.path.isdir(a.workdir):
         p.error(f"--workdir {a.workdir!r} does not exist")
     params, cfg = restore_params(a.workdir, a.step)
-    results = passkey.evaluate(params, cfg.model, vocabulary(cfg), lengths, a.depths, a.samples, a.seed)
+    try:
+        tokenizer = load_tokenizer(a.tokenizer) if a.tokenizer else vocabulary(cfg)
+    except DataError as e:
+        p.error(f"--tokenizer: {e}")
+    except ConfigError as e:
+        p.error(f"{e}\n(the run's tokenizer is unknown in this process: pass --tokenizer=FILE)")
+    results = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples, a.seed)
     out = a.out or os.path.join(a.workdir, "eval", "passkey")
     passkey.save(results, out + ".json", out + ".png")
     print(f"{'length':>8} " + " ".join(f"{r['depth']:>6.0%}" for r in results["results"] if r["length"] == lengths[0]))
