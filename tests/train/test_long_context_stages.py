@@ -15,7 +15,7 @@ LONG = os.path.join(REPO, "configs", "long_context.py")
 def test_debug_plan_raises_rope_base_with_length_and_validates_on_8_devices():
     stages = config.resolve_stages(config.load_config_dict(LONG + ":model=debug"))
     assert [(n, c.train.seq_len, c.model.rope_theta) for n, c in stages] == \
-        [("ctx512", 512, 10000.0), ("ctx2k", 2048, 40000.0), ("ctx8k", 8192, 160000.0)]
+        [("ctx512", 512, 10000.0), ("ctx2k", 2048, 500000.0), ("ctx8k", 8192, 5000000.0)]
     loop.validate(stages)  # every stage fits the 8 test devices (sequence axis for the long ones)
     nine_b = config.resolve_stages(config.load_config_dict(LONG + ":model=glm4_9b"))
     assert [c.model.rope_ratio for _, c in nine_b] == [1.0, 50.0, 500.0] and nine_b[-1][1].train.seq_len == 131072
