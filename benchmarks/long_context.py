@@ -139,7 +139,7 @@ def by_length(res: dict, n: int, key: str) -> float:
 
 
 def print_row(arm: str, res: dict, lengths: list[int]) -> None:
-    print(f"{arm:12} {res['rope_theta']:>10g} " + " ".join(
+    print(f"{arm:15} {res['rope_theta']:>10g} " + " ".join(
         f"{by_length(res, n, 'accuracy'):>6.2f} /{by_length(res, n, 'logprob'):>6.2f}" for n in lengths), flush=True)
 
 
