@@ -43,17 +43,18 @@ def main(argv=None) -> int:
     from glm_jax.data.errors import DataError
     from glm_jax.data.tokenizer import load_tokenizer
     from glm_jax.eval import passkey
-    from glm_jax.train.checkpoint import restore_params
+    from glm_jax.train.checkpoint import locate_params, restore_params
 
     if not os.path.isdir(a.workdir):
         p.error(f"--workdir {a.workdir!r} does not exist")
-    params, cfg = restore_params(a.workdir, a.step)
+    _, cfg = locate_params(a.workdir, a.step)  # the run's config, before reading any weights
     try:
         tokenizer = load_tokenizer(a.tokenizer) if a.tokenizer else vocabulary(cfg)
     except DataError as e:
         p.error(f"--tokenizer: {e}")
     except ConfigError as e:
         p.error(f"{e}\n(the run's tokenizer is unknown in this process: pass --tokenizer=FILE)")
+    params, cfg = restore_params(a.workdir, a.step)
     results = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples, a.seed)
     out = a.out or os.path.join(a.workdir, "eval", "passkey")
     passkey.save(results, out + ".json", out + ".png")
