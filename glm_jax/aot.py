@@ -28,7 +28,7 @@ import jax  # noqa: E402
 from glm_jax import config as config_lib, sharding  # noqa: E402
 from glm_jax.config import Config  # noqa: E402
 from glm_jax.train import metrics as metrics_lib  # noqa: E402
-from glm_jax.train import optimizer as opt_lib  # noqa: E402
+from glm_jax.train import optimizer as opt_lib, validation  # noqa: E402
 from glm_jax.train.state import sharded_abstract_state  # noqa: E402
 from glm_jax.train.step import abstract_batch, make_train_step  # noqa: E402
 
@@ -65,7 +65,7 @@ def topology_devices(name: str) -> list:
 def compile_train_step(cfg: Config, devices: list):
     """Lowers and compiles the real (donating, sharded) train step for `devices`."""
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    sharding.validate_for_mesh(cfg, dict(mesh.shape))
+    validation.check_stage(cfg, dict(mesh.shape))
     tx = opt_lib.make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         step = make_train_step(cfg, mesh, tx=tx)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from glm_jax.config import ConfigError, Config, MeshConfig
+from glm_jax.config import ConfigError, MeshConfig
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
@@ -101,36 +101,6 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes)))
 
 
-def validate_for_mesh(cfg: Config, mesh_sizes: dict[str, int]) -> None:
-    """Checks, before any compile, that the model and batch divide evenly over the mesh."""
-    m, t = cfg.model, cfg.train
-    if m.num_heads % mesh_sizes["tensor"]:
-        raise ConfigError("mesh.tensor", f"model.num_heads={m.num_heads} is not divisible by the tensor axis "
-                          f"({mesh_sizes['tensor']}); use a tensor size that divides it")
-    for field, dim in (("ffn_hidden_size", m.ffn_hidden_size), ("vocab_size", m.vocab_size)):
-        if dim % mesh_sizes["tensor"]:
-            raise ConfigError("mesh.tensor", f"model.{field}={dim} is not divisible by the tensor axis "
-                              f"({mesh_sizes['tensor']})")
-    if m.hidden_size % mesh_sizes["fsdp"]:
-        raise ConfigError("mesh.fsdp", f"model.hidden_size={m.hidden_size} is not divisible by the fsdp axis "
-                          f"({mesh_sizes['fsdp']})")
-    rows = mesh_sizes["data"] * mesh_sizes["fsdp"]
-    micro = t.batch_size // t.grad_accum
-    if micro % rows:
-        raise ConfigError("train.batch_size", f"the micro-batch batch_size/grad_accum = {micro} is not divisible "
-                          f"by data x fsdp = {rows}; use a multiple of {rows * t.grad_accum}")
-    block = m.attention_block_q if m.attention != "reference" else 1
-    # Context parallelism cuts the sequence into 2 chunks per sequence shard (load balancing).
-    chunks = 2 * mesh_sizes["sequence"] if mesh_sizes["sequence"] > 1 else 1
-    if t.seq_len % (chunks * block):
-        raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of {chunks * block}: "
-                          f"{'2 x sequence axis (' + str(mesh_sizes['sequence']) + ')' if chunks > 1 else '1'} "
-                          f"x attention block ({block})")
-    if mesh_sizes["sequence"] > 1 and m.attention == "splash":
-        raise ConfigError("model.attention", "splash has no context-parallel path; use flash or reference with "
-                          "mesh.sequence > 1")
-
-
 # ---------------------------------------------------------------------------------------------
 # Trees, batches and the embedding lookup
 # ---------------------------------------------------------------------------------------------
@@ -154,13 +124,44 @@ def batch_sharding(mesh: jax.sharding.Mesh, shape: Sequence[int]) -> NamedShardi
     return sharding_for(mesh, shape, BATCH_AXES)
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, global_rows: int) -> dict[str, jax.Array]:
-    """Assembles each host's rows (every field [global_rows / process_count, T]) into global
-    [global_rows, T] arrays sharded by `batch_sharding` (multi-host aware)."""
+def host_rows(mesh: jax.sharding.Mesh, global_rows: int, seq_len: int) -> tuple[list[int], list[int]]:
+    """(rows, owned) of this process for a [global_rows, seq_len] batch field.
+
+    `rows`: the global rows any of this process's devices holds a slice of (sorted); the data
+    iterator reads exactly these. With batch rows split over more devices than there are rows,
+    or the sequence/tensor axes spanning processes, several processes hold (parts of) one row
+    and each reads it. `owned`: the rows this process is the lowest-index holder of; it alone
+    writes their data-iterator state into checkpoints."""
+    shape = (global_rows, seq_len)
+    holders: dict[int, set[int]] = {}
+    for device, index in batch_sharding(mesh, shape).devices_indices_map(shape).items():
+        for r in range(*index[0].indices(global_rows)):
+            holders.setdefault(r, set()).add(device.process_index)
+    me = jax.process_index()
+    rows = sorted(r for r, procs in holders.items() if me in procs)
+    return rows, [r for r in rows if min(holders[r]) == me]
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, global_rows: int,
+                 rows: Sequence[int] | None = None) -> dict[str, jax.Array]:
+    """Global [global_rows, T] arrays sharded by `batch_sharding` from this process's rows.
+
+    `local[name]` is [len(rows), T]: row i is global row rows[i] (`host_rows`' rows; all rows
+    when None, i.e. one process). Each local device gets its slice of those rows, so a row may
+    be shared by several processes and split along T (multi-host aware)."""
+    rows = list(range(global_rows)) if rows is None else list(rows)
+    where = {r: i for i, r in enumerate(rows)}
     out = {}
     for name, x in local.items():
+        x = np.asarray(x)
         shape = (global_rows, *x.shape[1:])
-        out[name] = jax.make_array_from_process_local_data(batch_sharding(mesh, shape), np.asarray(x), shape)
+
+        def piece(index, x=x):
+            start, stop, _ = index[0].indices(global_rows)
+            first = where[start]  # a device's rows are one contiguous range, all in `rows`
+            return x[(slice(first, first + stop - start), *index[1:])]
+
+        out[name] = jax.make_array_from_callback(shape, batch_sharding(mesh, shape), piece)
     return out
 
 

@@ -71,8 +71,10 @@ def to_hf() -> None:
 
     if not _WORKDIR.value or not _OUT.value:
         raise app.UsageError("to-hf needs --workdir and --out\n" + USAGE)
-    if not os.path.isdir(_WORKDIR.value):
-        raise app.UsageError(f"--workdir {_WORKDIR.value!r} does not exist")
+    from glm_jax import storage
+
+    if not storage.isdir(storage.resolve(_WORKDIR.value)):
+        raise app.UsageError(f"--workdir {_WORKDIR.value!r} does not exist (a local path or gs:// URL)")
     directory, cfg = locate_params(_WORKDIR.value, _STEP.value)
     with tempfile.TemporaryDirectory() as tmp:
         files, eos, pad = _tokenizer_files(cfg, tmp)

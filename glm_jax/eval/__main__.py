@@ -45,8 +45,10 @@ def main(argv=None) -> int:
     from glm_jax.eval import passkey
     from glm_jax.train.checkpoint import locate_params, restore_params
 
-    if not os.path.isdir(a.workdir):
-        p.error(f"--workdir {a.workdir!r} does not exist")
+    from glm_jax import storage
+
+    if not storage.isdir(storage.resolve(a.workdir)):
+        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
     _, cfg = locate_params(a.workdir, a.step)  # the run's config, before reading any weights
     try:
         tokenizer = load_tokenizer(a.tokenizer) if a.tokenizer else vocabulary(cfg)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
         p.error(f"{e}\n(the run's tokenizer is unknown in this process: pass --tokenizer=FILE)")
     params, cfg = restore_params(a.workdir, a.step)
     results = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples, a.seed)
-    out = a.out or os.path.join(a.workdir, "eval", "passkey")
+    out = a.out or storage.join(storage.resolve(a.workdir), "eval", "passkey")
     passkey.save(results, out + ".json", out + ".png")
     print(f"{'length':>8} " + " ".join(f"{r['depth']:>6.0%}" for r in results["results"] if r["length"] == lengths[0]))
     for n in lengths:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import json
 import os
 from typing import Sequence
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glm_jax import storage
 from glm_jax.config import ModelConfig
 from glm_jax.data.paths import DATA_DIR
 from glm_jax.model import forward
@@ -118,9 +120,7 @@ def evaluate(params: dict, cfg: ModelConfig, tokenizer, lengths: Sequence[int], 
 
 def save(results: dict, json_path: str, png_path: str | None = None) -> None:
     """Writes the results as JSON and, if `png_path`, an accuracy heatmap (depth x length)."""
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=2)
+    storage.write_json(json_path, results)
     if png_path:
         import matplotlib
 
@@ -142,5 +142,7 @@ def save(results: dict, json_path: str, png_path: str | None = None) -> None:
         ax.set_title(f"passkey accuracy: {results['model']} (rope theta {results['rope_theta']:g})")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(png_path, dpi=100)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
+        storage.write_bytes(png_path, buf.getvalue())

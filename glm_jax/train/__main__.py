@@ -3,10 +3,15 @@
     python -m glm_jax.train --config=configs/debug.py --workdir=/tmp/run1 \\
         --config.mesh.fsdp=4 --config.mesh.tensor=2 --config.train.steps=200
 
-Rerunning the same command in the same workdir resumes from the latest checkpoint. On several
-hosts, start the same command on each with `--distributed` (Cloud TPU detects the rest; on CPU
-pass --coordinator_address, --num_processes and --process_id).
+Rerunning the same command in the same workdir (local or gs://) resumes from the latest
+checkpoint, on any number of hosts. On several hosts, start the same command on each with
+`--distributed` (Cloud TPU detects the rest; on CPU pass --coordinator_address, --num_processes
+and --process_id). Process 0 prints one progress line per log step; library logging (absl,
+orbax, TensorFlow, XLA's start-up lines) stays off unless `--verbose`.
 """
+
+import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,18 +23,42 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logging (absl, orbax, TF, XLA).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def make_data_iterator(cfg, *, process_index: int, process_count: int):
+def make_data_iterator(cfg, *, rows):
     """The data pipeline of `cfg.data.mixture` (glm_jax.data), imported only when training."""
     from glm_jax.data.loader import make_iterator  # noqa: PLC0415 (lazy: data is optional for tools)
 
-    return make_iterator(cfg, process_index=process_index, process_count=process_count)
+    return make_iterator(cfg, rows=rows)
+
+
+def prepare_data(cfg):
+    """Tokenizes the mixture's missing caches into data.cache_dir (run by process 0 only)."""
+    from glm_jax.data.loader import build_caches  # noqa: PLC0415
+
+    build_caches(cfg)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Library INFO logging off (absl/orbax/grain through Python logging, TF and XLA's C++ logs)
+    unless `verbose`; warnings and errors still show."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from absl import logging as absl_logging  # noqa: PLC0415
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("jax", "orbax", "absl", "grain", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv):
     del argv
+    quiet_libraries(_VERBOSE.value)
     import jax
 
     if _DISTRIBUTED.value:
@@ -37,8 +66,9 @@ def main(argv):
                                    process_id=_PROCESS_ID.value)
     from glm_jax.train import loop
 
-    result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator)
-    print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
+    result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data)
+    if jax.process_index() == 0:
+        print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ Workdir layout (one directory per stage, step numbers global over the run):
     WORKDIR/checkpoints/<stage>/<step>/
         params/                              the params pytree (orbax, sharded arrays)
         train/                               {step, opt_state, rng}
-        data/process_<i>-of-<n>.json         each host's data iterator state (JSON, no pickle)
-    WORKDIR/metrics.jsonl, WORKDIR/tb/       per-step metrics; TensorBoard events
+        data/row_<r>.json                    the data iterator state of global batch row r
+                                             (JSON, no pickle; written by the row's lowest
+                                             process, read by whichever processes hold it next)
+    WORKDIR/metrics/, WORKDIR/tb/            per-step metrics (JSONL chunks); TensorBoard events
+
+WORKDIR may be a local path or a gs:// URL (glm_jax.storage); nothing here assumes a local disk.
+The data state is per global row, not per process, so a checkpoint resumes on any process count.
 
 A params-only checkpoint (`save_params`, what the HF importer writes and `train.init_from`
 reads) is `PATH/params/` plus `PATH/config.json`.
@@ -26,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 from typing import Any, Callable
 
 import jax
@@ -35,7 +39,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from glm_jax import config as config_lib, sharding
+from glm_jax import config as config_lib, sharding, storage
 from glm_jax.config import CheckpointConfig, Config
 from glm_jax.model import spec
 from glm_jax.train.state import TrainState
@@ -68,31 +72,39 @@ def _save_args(params: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 class IteratorStateHandler(ocp.CheckpointHandler):
-    """Writes this process's iterator state as JSON (`get_state()` of a grain iterator is a
-    JSON-able dict; bytes states are stored as text)."""
+    """Writes the data iterator's per-row states as JSON, one file per global batch row.
 
-    def _file(self, directory: epath.Path) -> epath.Path:
-        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    Save: `IteratorStateSave(state={row: state}, owned=[rows])` writes `row_<r>.json` for the
+    owned rows only (each row has one writer whatever the number of processes that read it).
+    Restore: every row file of the checkpoint, as {row (str): state}; each process's iterator
+    takes its own rows, so the process count may differ from the run that saved."""
 
     def save(self, directory: epath.Path, args: "IteratorStateSave") -> None:
-        state = args.state
-        payload = {"bytes": state.decode()} if isinstance(state, bytes) else {"state": state}
-        self._file(directory).write_text(json.dumps(payload))
+        for row in args.owned:
+            state = args.state[str(row)]
+            payload = {"bytes": state.decode()} if isinstance(state, bytes) else {"state": state}
+            (directory / f"row_{row}.json").write_text(json.dumps(payload))
 
     def restore(self, directory: epath.Path, args: "IteratorStateRestore" = None) -> Any:
-        f = self._file(directory)
-        if not f.exists():
-            raise FileNotFoundError(f"{f} is missing: this checkpoint was written by a run with a different "
-                                    f"process count; data iterator state cannot be matched to process "
-                                    f"{jax.process_index()} of {jax.process_count()}")
-        payload = json.loads(f.read_text())
-        return payload["bytes"].encode() if "bytes" in payload else payload["state"]
+        states = {}
+        for f in directory.iterdir():
+            if f.name.startswith("row_") and f.name.endswith(".json"):
+                payload = json.loads(f.read_text())
+                states[f.name[len("row_"):-len(".json")]] = (payload["bytes"].encode() if "bytes" in payload
+                                                             else payload["state"])
+        if not states:
+            found = sorted(f.name for f in directory.iterdir())
+            raise FileNotFoundError(f"{directory} holds no per-row data state (found {found}); it was written by "
+                                    f"an older glm-jax whose data state was per process: start a new workdir, or "
+                                    f"begin from its params with --config.train.init_from")
+        return states
 
 
 @ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
 @dataclasses.dataclass
 class IteratorStateSave(ocp.args.CheckpointArgs):
-    state: Any
+    state: dict  # {str(row): JSON-able state} of this process's rows
+    owned: list  # the rows this process writes (sharding.host_rows)
 
 
 @ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
@@ -106,7 +118,7 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 # ---------------------------------------------------------------------------------------------
 
 def stage_dir(workdir: str, stage: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints", stage)
+    return storage.join(storage.resolve(workdir), "checkpoints", stage)
 
 
 class StageCheckpoints:
@@ -128,13 +140,14 @@ class StageCheckpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, state: TrainState, data_state: Any) -> None:
-        """Saves at `state.step`; returns once the arrays are off the devices (the write goes on)."""
+    def save(self, state: TrainState, data_state: dict, owned_rows: list[int]) -> None:
+        """Saves at `state.step`; returns once the arrays are off the devices (the write goes on).
+        `data_state` is the iterator's {row: state}; this process writes `owned_rows` of it."""
         step = int(jax.device_get(state.step))
         self.manager.save(step, force=True, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params, save_args=_save_args(state.params)),
             train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
-            data=IteratorStateSave(data_state)))
+            data=IteratorStateSave(data_state, list(owned_rows))))
         if jax.process_index() == 0:
             print(f"checkpoint step {step}: saving to {self.directory}"
                   f"{' in the background' if self.manager._options.enable_async_checkpointing else ''}", flush=True)
@@ -173,24 +186,29 @@ def write_stages(workdir: str, stages: list[tuple[str, Config]]) -> None:
     """Writes WORKDIR/config.json (process 0 only), atomically."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"stages": [{"name": n, "config": config_to_dict(c)} for n, c in stages]}, f, indent=2)
-    os.replace(tmp, path)
+    storage.makedirs(workdir)
+    storage.write_json(storage.join(workdir, CONFIG_FILE),
+                       {"stages": [{"name": n, "config": config_to_dict(c)} for n, c in stages]})
 
 
-def read_stages(workdir: str) -> list[tuple[str, Config]]:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a glm_jax training workdir "
-                                f"(or params-only checkpoint)")
-    with open(path) as f:
-        d = json.load(f)
+def _parse_stages(d: dict) -> list[tuple[str, Config]]:
     if "stages" not in d:
         return [("params", config_lib.from_config_dict(d))]
     return [(s["name"], config_lib.from_config_dict(s["config"])) for s in d["stages"]]
+
+
+def read_stages(workdir: str) -> list[tuple[str, Config]]:
+    path = storage.join(storage.resolve(workdir), CONFIG_FILE)
+    if not storage.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a glm_jax training workdir "
+                                f"(or params-only checkpoint)")
+    return _parse_stages(storage.read_json(path))
+
+
+def read_stages_if_any(workdir: str) -> list[tuple[str, Config]] | None:
+    """The stages recorded in WORKDIR/config.json, or None for a new workdir."""
+    path = storage.join(storage.resolve(workdir), CONFIG_FILE)
+    return _parse_stages(storage.read_json(path)) if storage.isfile(path) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,32 +270,36 @@ def save_params(path: str, params: dict | LeafReader, cfg: Config) -> None:
     `params` is the tree of arrays, or a `LeafReader` (e.g. over a HuggingFace checkpoint) asked
     for each unstacked leaf and each layer of the stacked ones in turn, so peak memory stays
     near one layer."""
-    path = os.path.abspath(path)
+    path = storage.resolve(path)
     if callable(params):
         read = params
         params = jax.tree_util.tree_map_with_path(
             lambda kp, a: _LazyLeaf(_keys(kp), a.shape, np.dtype(a.dtype), read), spec.abstract_params(cfg.model))
     ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=_REGISTRY))
-    ckptr.save(os.path.join(path, "params"), args=ocp.args.PyTreeSave(params, save_args=_save_args(params)),
+    ckptr.save(storage.join(path, "params"), args=ocp.args.PyTreeSave(params, save_args=_save_args(params)),
                force=True)
     if jax.process_index() == 0:
-        with open(os.path.join(path, CONFIG_FILE), "w") as f:
-            json.dump(config_to_dict(cfg), f, indent=2)
+        storage.write_json(storage.join(path, CONFIG_FILE), config_to_dict(cfg))
+
+
+def is_params_checkpoint(path: str) -> bool:
+    """Is `path` a params-only checkpoint (PATH/params + PATH/config.json, from `save_params`)?"""
+    return storage.isdir(storage.join(storage.resolve(path), "params"))
 
 
 def locate_params(workdir: str, step: int | None = None) -> tuple[str, Config]:
     """(directory of the params item, Config of the stage that wrote it) for a training workdir's
     latest finished checkpoint (or checkpoint `step`), or for a params-only checkpoint."""
-    workdir = os.path.abspath(workdir)
-    if os.path.isdir(os.path.join(workdir, "params")):
+    workdir = storage.resolve(workdir)
+    if is_params_checkpoint(workdir):
         if step is not None:
             raise ValueError(f"{workdir} is a params-only checkpoint (one step); do not pass step={step}")
-        return os.path.join(workdir, "params"), read_stages(workdir)[-1][1]
+        return storage.join(workdir, "params"), read_stages(workdir)[-1][1]
     stages = read_stages(workdir)
     seen = []
     for name, cfg in reversed(stages):
         d = stage_dir(workdir, name)
-        if not os.path.isdir(d):
+        if not storage.isdir(d):
             continue
         ckpts = StageCheckpoints(d, read_only=True)
         try:
@@ -287,7 +309,7 @@ def locate_params(workdir: str, step: int | None = None) -> tuple[str, Config]:
         seen += steps
         chosen = max(steps, default=None) if step is None else (step if step in steps else None)
         if chosen is not None:
-            return os.path.join(d, str(chosen), "params"), cfg
+            return storage.join(d, str(chosen), "params"), cfg
     what = "any checkpoint" if step is None else f"a checkpoint at step {step} (available: {sorted(seen)})"
     raise FileNotFoundError(f"{workdir} has no {what} yet")
 

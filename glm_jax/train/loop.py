@@ -1,24 +1,31 @@
-"""The training loop: stages in order, each sharded, checkpointed, resumable.
+"""The training loop: stages in order, each sharded, checkpointed, resumable, on any host count.
 
-    run(config_dict, workdir, make_iterator=...)
+    run(config_dict, workdir, make_iterator=..., prepare_data=...)
 
-`make_iterator(cfg, *, process_index, process_count)` returns this host's checkpointable batch
-iterator (`__next__`, `get_state()`, `set_state()`; a grain DatasetIterator), yielding dicts of
-numpy arrays [train.batch_size // process_count, train.seq_len] (see step.BATCH_FIELDS).
+`workdir` is a local path or a gs:// URL (glm_jax.storage). `make_iterator(cfg, *, rows)` returns
+a checkpointable iterator over the global batch rows `rows` (the rows this process's devices
+hold, `sharding.host_rows`): `__next__` gives dicts of numpy arrays [len(rows), train.seq_len]
+(see step.BATCH_FIELDS), `get_state()` {str(row): state}, `set_state(states)` takes its rows
+from a dict holding at least those. Row r's stream must not depend on the process count, so
+a checkpoint written by N processes resumes on M with exactly the next examples.
+`prepare_data(cfg)`, if given, runs on process 0 alone before every other process starts
+reading (a barrier), e.g. to tokenize the data cache once into shared storage.
 
-Per stage: Mesh -> Restore or init -> Loop (step, log, checkpoint, preemption check). A stage
+Per stage: Mesh -> Restore or init -> Loop (step, metrics, checkpoint, preemption check). A stage
 resumes from its own latest checkpoint; a new stage starts from the previous stage's last
 checkpoint (params; optimizer moments if `train.optimizer_state=keep`) with a fresh data
 iterator; the first stage starts from `train.init_from` or random params. A finished stage is
-skipped. On SIGTERM (one process) or JAX's multi-host preemption sync point the loop saves and
-returns; rerunning the same command resumes bit-identically.
+skipped. The host does not wait on the device between log or checkpoint steps: metrics stay on
+device until then, and a non-finite loss or gradient norm is caught there, before any save,
+naming the first bad step. On SIGTERM (one process) or JAX's multi-host preemption sync point
+(SIGTERM to any process) every process saves the same step and returns; rerunning the same
+command resumes bit-identically.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import threading
 import time
@@ -27,17 +34,16 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from glm_jax import config as config_lib, sharding
+from glm_jax import config as config_lib, sharding, storage
 from glm_jax.config import Config, ConfigError
 from glm_jax.train import checkpoint as ckpt_lib
 from glm_jax.train import optimizer as opt_lib
 from glm_jax.train import state as state_lib
+from glm_jax.train import validation
 from glm_jax.train.metrics import Metrics
 from glm_jax.train.step import BATCH_FIELDS, make_train_step
 
 MakeIterator = Callable[..., Any]
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
-                 "qkv_bias")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,8 +80,7 @@ class _Preemption:
         return self.flag.is_set()
 
 
-def _check_batch(local: dict, cfg: Config) -> None:
-    rows = cfg.train.batch_size // jax.process_count()
+def _check_batch(local: dict, cfg: Config, rows: int) -> None:
     for name, dtype in BATCH_FIELDS.items():
         if name not in local:
             raise ValueError(f"the data iterator's batch has no field {name!r} (has {sorted(local)}); "
@@ -83,7 +88,7 @@ def _check_batch(local: dict, cfg: Config) -> None:
         x = np.asarray(local[name])
         if x.shape != (rows, cfg.train.seq_len) or x.dtype != np.dtype(dtype):
             raise ValueError(f"batch field {name!r} is {x.dtype}{list(x.shape)}, expected {dtype}"
-                             f"[{rows}, {cfg.train.seq_len}] (train.batch_size / process count, train.seq_len)")
+                             f"[{rows}, {cfg.train.seq_len}] (the rows this process reads, train.seq_len)")
 
 
 def _log(msg: str) -> None:
@@ -119,25 +124,21 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
             _log(f"[{name}] starting from stage {prev_name!r} step {last} (params; optimizer reset)")
         prev_ckpts.close()
         return state
-    if cfg.train.init_from:
-        if not os.path.isdir(os.path.join(cfg.train.init_from, "params")):
-            raise ConfigError("train.init_from", f"{cfg.train.init_from!r} is not a params-only checkpoint "
-                              f"(expected {cfg.train.init_from}/params, written by checkpoint.save_params)")
-        src = ckpt_lib.read_stages(cfg.train.init_from)[-1][1].model
-        differ = sorted(f for f in _SHAPE_FIELDS if getattr(src, f) != getattr(cfg.model, f))
-        if differ:
-            raise ConfigError("train.init_from", f"{cfg.train.init_from} holds a model that differs in "
-                              + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
+    if cfg.train.init_from:  # checked by validation.check_init_from
         params, _ = ckpt_lib.restore_params(cfg.train.init_from, mesh=mesh)
         _log(f"[{name}] starting from params {cfg.train.init_from}")
         return state_lib.state_from_params(cfg, mesh, tx, params, step=0)
     return state_lib.init_state(cfg, mesh, tx)
 
 
+def _first_bad(rows: list[dict]) -> dict | None:
+    return next((r for r in rows if not (math.isfinite(r["total_loss"]) and math.isfinite(r["grad_norm"]))), None)
+
+
 def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[str, Config] | None,
                 make_iterator: MakeIterator, preemption: _Preemption) -> RunResult:
     end = start + cfg.train.steps
-    mesh = sharding.make_mesh(cfg.mesh)  # shapes were checked for every stage by `validate`
+    mesh = sharding.make_mesh(cfg.mesh)  # shapes were checked for every stage by validation.check_run
     ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, name), cfg.checkpoint)
     latest = ckpts.latest_step()
     if latest is not None and latest >= end:
@@ -146,7 +147,9 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
         return RunResult("finished", latest, name)
 
     tx = opt_lib.make_optimizer(cfg.train)
-    iterator = make_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
+    B = cfg.train.batch_size
+    rows, owned = sharding.host_rows(mesh, B, cfg.train.seq_len)
+    iterator = make_iterator(cfg, rows=rows)
     with jax.set_mesh(mesh):
         # Restore or init.
         if latest is not None:
@@ -158,32 +161,33 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
         step_fn = make_train_step(cfg, mesh, stage_start=start, tx=tx)
         step = int(jax.device_get(state.step))
         metrics = Metrics(workdir, name, cfg, step, end)
-        every = cfg.checkpoint.every_steps
-        status, checked = "finished", False
+        every, log_every = cfg.checkpoint.every_steps, cfg.train.log_every
+        status, checked, first = "finished", False, step
         try:
-            # Loop.
+            # Loop. Nothing here waits on the device except a flush (log/checkpoint/last step).
             while step < end:
                 local = next(iterator)
                 if not checked:  # the first batch of each launch
-                    _check_batch(local, cfg)
+                    _check_batch(local, cfg, len(rows))
                     checked = True
-                batch = sharding.global_batch(local, mesh, cfg.train.batch_size)
+                batch = sharding.global_batch(local, mesh, B, rows)
                 state, m = step_fn(state, batch)
                 step += 1
-                m = jax.device_get(m)
-                if not (math.isfinite(float(m["total_loss"])) and math.isfinite(float(m["grad_norm"]))):
-                    ckpts.wait()
-                    raise NonFiniteLossError(
-                        f"[{name}] non-finite loss ({float(m['loss'])}, gradient norm {float(m['grad_norm'])}) at "
-                        f"step {step}; stopping. The last "
-                        f"good checkpoint is step {ckpts.latest_step()} in {ckpts.directory}. Lower train.lr, "
-                        f"raise train.warmup_steps or set train.grad_clip.")
-                metrics.step(step, m)
-                if step % every == 0 or step == end:
-                    ckpts.save(state, iterator.get_state())
-                if step < end and preemption.reached(ckpts.manager, step):
-                    if step % every:
-                        ckpts.save(state, iterator.get_state())
+                metrics.record(step, m)
+                preempted = step < end and preemption.reached(ckpts.manager, step)
+                save = step % every == 0 or step == end or preempted
+                # The launch's first step is flushed alone: its time is the compile, not a step.
+                if save or step % log_every == 0 or step == first + 1:
+                    bad = _first_bad(metrics.flush())
+                    if bad is not None:
+                        ckpts.wait()
+                        raise NonFiniteLossError(
+                            f"[{name}] non-finite loss ({bad['loss']}, gradient norm {bad['grad_norm']}) at step "
+                            f"{bad['step']}; stopping. The last good checkpoint is step {ckpts.latest_step()} in "
+                            f"{ckpts.directory}. Lower train.lr, raise train.warmup_steps or set train.grad_clip.")
+                if save:
+                    ckpts.save(state, iterator.get_state(), owned)
+                if preempted:
                     status = "preempted"
                     _log(f"[{name}] preempted at step {step}; checkpoint saved. Rerun the same command to resume.")
                     break
@@ -195,29 +199,32 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
 
 
 def validate(stages: list[tuple[str, Config]]) -> None:
-    """Checks every stage against the devices (mesh product, divisibility of heads, batch and
-    seq_len) before anything is loaded or compiled; errors name the field (`stages.<name>.` first
-    when the config has stages)."""
-    for name, cfg in stages:
-        try:
-            sizes = sharding.mesh_shape(cfg.mesh, jax.device_count())
-            sharding.validate_for_mesh(cfg, sizes)
-            if cfg.train.batch_size % jax.process_count():
-                raise ConfigError("train.batch_size", f"{cfg.train.batch_size} rows cannot be split over "
-                                  f"{jax.process_count()} processes")
-        except ConfigError as e:
-            if len(stages) == 1:
-                raise
-            raise ConfigError(f"stages.{name}.{e.field}", str(e).split(": ", 1)[1]) from None
+    """validation.check_stages on this job's devices and processes (no workdir needed)."""
+    validation.check_stages(stages, num_devices=jax.device_count(), num_processes=jax.process_count())
 
 
-def run(cd, workdir: str, make_iterator: MakeIterator) -> RunResult:
+def _prepare(stages: list[tuple[str, Config]], prepare_data: Callable[[Config], Any] | None) -> None:
+    """prepare_data on process 0 for every stage, then a barrier: the others read what it built."""
+    if prepare_data is None:
+        return
+    if jax.process_index() == 0:
+        for _, cfg in stages:
+            prepare_data(cfg)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("glm_jax: data prepared")
+
+
+def run(cd, workdir: str, make_iterator: MakeIterator,
+        prepare_data: Callable[[Config], Any] | None = None) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
-    `workdir`, resuming whatever was done there before."""
+    `workdir` (local or gs://), resuming whatever was done there before."""
     stages = config_lib.resolve_stages(cd)
-    workdir = os.path.abspath(workdir)
+    workdir = storage.resolve(workdir)
+    validation.check_run(stages, workdir, num_devices=jax.device_count(), num_processes=jax.process_count())
     ckpt_lib.write_stages(workdir, stages)
-    validate(stages)
+    _prepare(stages, prepare_data)
     start, prev, result = 0, None, None
     with _Preemption() as preemption:
         for name, cfg in stages:

@@ -2,9 +2,10 @@
 
 Rows follow the loop's batch interface (tokens, targets, positions, segment_ids, loss_mask; see
 glm_jax.train.step.BATCH_FIELDS). Each row packs 1-3 documents cut from a fixed random token
-stream (token id 0 included) plus padding; rows are shuffled per epoch by grain, split across
-processes by index (process i takes rows i, i + n, ...), and batched. The iterator is grain's own
-`DatasetIterator`, so its state is grain's JSON state.
+stream (token id 0 included) plus padding; rows are shuffled per epoch by grain. Global batch b
+is elements b*B .. b*B+B-1 of that shuffled stream: row r of every batch comes from its own
+grain iterator (elements r, r+B, ...), whatever process reads it, so the state is per row and
+a checkpoint resumes on any process count.
 """
 
 from __future__ import annotations
@@ -37,13 +38,28 @@ def _row(index: int, seq_len: int, vocab: int, seed: int) -> dict:
             "loss_mask": loss_mask}
 
 
-def make_iterator(cfg, *, process_index: int, process_count: int):
-    """The `make_iterator(cfg, process_index=, process_count=)` factory the train loop takes."""
+class RowsIterator:
+    """The loop's iterator contract over grain iterators, one per global row."""
+
+    def __init__(self, streams: dict[int, object]):
+        self.streams = streams
+
+    def __next__(self) -> dict:
+        rows = [next(it) for it in self.streams.values()]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def get_state(self) -> dict:
+        return {str(r): it.get_state() for r, it in self.streams.items()}
+
+    def set_state(self, states: dict) -> None:
+        for r, it in self.streams.items():
+            it.set_state(states[str(r)])
+
+
+def make_iterator(cfg, *, rows):
+    """The `make_iterator(cfg, rows=)` factory the train loop takes."""
     t, vocab = cfg.train, cfg.model.vocab_size
-    rows = (grain.MapDataset.range(NUM_ROWS)
-            .shuffle(seed=cfg.data.seed)
-            .repeat()
-            [process_index::process_count]
-            .map(lambda i: _row(int(i), t.seq_len, vocab, cfg.data.seed))
-            .batch(t.batch_size // process_count, drop_remainder=True))
-    return iter(rows.to_iter_dataset())
+    shuffled = grain.MapDataset.range(NUM_ROWS).shuffle(seed=cfg.data.seed).repeat()
+    return RowsIterator({r: iter(shuffled[r::t.batch_size]
+                                 .map(lambda i: _row(int(i), t.seq_len, vocab, cfg.data.seed))
+                                 .to_iter_dataset()) for r in rows})

@@ -62,9 +62,10 @@ def _run_until(cmd, marker, sig, timeout=300):
 
 
 def _losses(workdir):
-    """{step: loss} from metrics.jsonl; a step repeated after a restart keeps its last value."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+    """{step: loss} of the run's metrics; a step repeated after a restart keeps its last value."""
+    from glm_jax.train import metrics
+
+    return {r["step"]: r["loss"] for r in metrics.read_rows(str(workdir))}
 
 
 @pytest.fixture(scope="module")
