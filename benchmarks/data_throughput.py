@@ -42,7 +42,7 @@ def measure_tokenize(cfg) -> dict:
 
 
 def measure_serve(cfg, batches: int) -> dict:
-    it = loader.make_iterator(cfg, process_index=0, process_count=1)
+    it = loader.make_iterator(cfg, rows=range(cfg.train.batch_size))
     first = next(it)
     real = 0
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def measure_train(cfg, steps: int) -> dict:
         updates, s = opt.update(g, s, p)
         return optax.apply_updates(p, updates), s, loss
 
-    it = loader.make_iterator(cfg, process_index=0, process_count=1)
+    it = loader.make_iterator(cfg, rows=range(cfg.train.batch_size))
     batches = [{k: jnp.asarray(v) for k, v in next(it).items()} for _ in range(steps + 1)]
     params, opt_state, loss = step(params, opt_state, batches[0])  # compile
     loss.block_until_ready()

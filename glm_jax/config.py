@@ -199,10 +199,10 @@ class DataConfig:
     mixture: str = "bundled_zh_en"  # a registered seqio task or mixture name (glm_jax/data/tasks.py)
     tokenizer: str = ""  # path of a tiktoken-format (GLM-4) or SentencePiece file; "" = the task's own
     seed: int = 0  # shuffling (reshuffled per epoch from it) and bin order
-    num_workers: int = 0  # grain worker processes (0 = in-process)
+    num_workers: int = 0  # must be 0: the row streams run in-process (on read_threads threads)
     cache_dir: str = ""  # tokenized ArrayRecord cache; "" = $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
-    packing_bins: int = 0  # rows packed at once (first-fit); 0 = 4 x the per-host batch
-    read_threads: int = 2  # grain threads reading + slicing examples before packing
+    packing_bins: int = 0  # rows packed at once (first-fit) per row stream; 0 = 16
+    read_threads: int = 2  # threads advancing this host's row streams (however many rows it reads)
 
     def __post_init__(self):
         _require(bool(self.mixture), "data.mixture", "must name a registered seqio task or mixture")

@@ -82,6 +82,15 @@ def isfile(path: str) -> bool:
     return p.exists() and not p.is_dir()
 
 
+def stat(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file; a change of either means new content."""
+    if is_url(path):
+        st = epath.Path(path).stat()
+        return int(st.length), int(st.mtime) * 10**9
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def makedirs(path: str) -> None:
     """Creates a directory and its parents (a no-op on GCS, whose directories are prefixes)."""
     if not is_url(path):

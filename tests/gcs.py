@@ -64,10 +64,16 @@ class Emulator:
             self.process.kill()
 
 
-@pytest.fixture(scope="session")
-def gcs_server():
+def start_server() -> Emulator:
+    """A started emulator whose environment is set in this process (for benchmarks too)."""
     server = Emulator()
     os.environ.update(server.env())
+    return server
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    server = start_server()
     yield server
     server.stop()
     for k in server.env():

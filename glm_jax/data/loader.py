@@ -1,13 +1,17 @@
-"""The training data stream: a seqio Task/Mixture served by grain, packed, per host, checkpointable.
+"""The training data stream: a seqio Task/Mixture served by grain as B independent packed row streams.
 
 Contract (the training loop relies on it):
 
-    it = make_iterator(cfg, process_index=jax.process_index(), process_count=jax.process_count())
-    batch = next(it)            # this host's rows, a dict of numpy arrays, each [B_local, T]
-    state = it.get_state()      # small JSON-serialisable dict: store it with the orbax checkpoint
-    it.set_state(state)         # also in a new process: the following batches are identical
+    build_caches(cfg)                       # once (process 0, then a barrier): tokenize what is missing
+    it = make_iterator(cfg, rows=[...])     # the global rows this host's devices hold
+    batch = next(it)            # dict of numpy arrays, each [len(rows), T]: row i = global row rows[i]
+    state = it.get_state()      # {str(row): small JSON-able state} for every row in `rows`
+    it.set_state(state)         # takes its own rows' entries (others ignored); also in a new process
 
-B_local = cfg.train.batch_size // process_count, T = cfg.train.seq_len, and
+The global batch is B = cfg.train.batch_size rows of T = cfg.train.seq_len, and global row r of
+every batch comes from its own deterministic stream r, whatever the number of processes, so a
+state saved by N processes (the union of their dicts) resumes on M with exactly the next rows, and
+several hosts may read the same row. Fields:
     tokens       int32    input ids
     targets      int32    the next token of the same document (0 where there is none; masked)
     positions    int32    0, 1, ... restarting at each document (piece) in the row
@@ -15,22 +19,26 @@ B_local = cfg.train.batch_size // process_count, T = cfg.train.seq_len, and
     loss_mask    float32  1 where `targets` counts: not padding, not across documents, and for
                           chat SFT only what the assistant says (chat.py)
 
-The stream is infinite: each task repeats, reshuffled per epoch deterministically from
+Streams are infinite: each task repeats, reshuffled per epoch deterministically from
 `cfg.data.seed`. Data is `cfg.data.mixture` (a registered seqio Task or Mixture, tasks.py),
 tokenized with `cfg.data.tokenizer` or the task's own vocabulary.
 
 Pipeline: each task is tokenized once into an ArrayRecord cache (cache.py). Its examples are cut
-into pieces of at most T tokens (text only; a chat example longer than T is an error), the piece
-table is split across processes (`process_index::process_count`: disjoint, union = all), shuffled
-per epoch and repeated; tasks are mixed by rate (grain `MapDataset.mix`), packed first-fit into
-rows of T (grain `FirstFitPackIterDataset`, explicit segment ids; token id 0 is an ordinary
-token), and batched. The last token of a piece cut from a longer document keeps the document's
-next token as its target. Nothing derives masks from token values.
+into pieces of at most T tokens (text only; a chat example longer than T is an error). Stream r
+reads pieces[r::B] of every task (disjoint, union = all), shuffled per epoch with a seed of
+(data.seed, task, r), tasks mixed by rate (grain `MapDataset.mix`), packed first-fit into rows of
+T (grain `FirstFitPackIterDataset` with `data.packing_bins` bins per stream, explicit segment ids;
+token id 0 is an ordinary token). The last token of a piece cut from a longer document keeps the
+document's next token as its target. Nothing derives masks from token values. The streams of one
+iterator run in-process and advance in parallel on `data.read_threads` threads (per host, however
+many rows it reads).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -43,6 +51,7 @@ from glm_jax.data.errors import DataError
 from glm_jax.data.tokenizer import load_tokenizer
 
 FEATURES = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+DEFAULT_PACKING_BINS = 16  # per row stream, when data.packing_bins is 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +62,7 @@ class TaskStream:
     rate: float
     pieces: np.ndarray
     vocab: object  # the seqio.Vocabulary the cache was tokenized with
+    read: "_ReadPiece"  # piece -> example dict, shared by every row stream
 
 
 def piece_table(cached: cache_lib.CachedTask, seq_len: int) -> np.ndarray:
@@ -76,14 +86,9 @@ class _ReadPiece:
 
     def __init__(self, cached: cache_lib.CachedTask):
         self._cached = cached
-        self._source = None
-
-    def __getstate__(self):  # sent to grain worker processes: each opens its own reader
-        return {"_cached": self._cached, "_source": None}
+        self._source = ArrayRecordDataSource(cached.path)  # one thread-safe reader, shared by all rows
 
     def __call__(self, piece) -> dict:
-        if self._source is None:  # opened lazily, in whichever thread/process reads
-            self._source = ArrayRecordDataSource(self._cached.path)
         ex, s, e = (int(v) for v in piece)
         ids, label = self._cached.decode(self._source[ex])
         nxt = np.arange(s + 1, e + 1)
@@ -95,8 +100,8 @@ class _ReadPiece:
                 "loss_mask": np.where(has_next, label[nxt], 0).astype(np.float32)}
 
 
-def _task_seed(seed: int, i: int) -> int:
-    return int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def vocabulary(cfg: Config):
@@ -109,19 +114,14 @@ def vocabulary(cfg: Config):
         raise ConfigError("data.tokenizer" if cfg.data.tokenizer else "data.mixture", str(e)) from None
 
 
-def task_streams(cfg: Config) -> list[TaskStream]:
-    """Resolves `cfg.data.mixture` + tokenizer, caches each task, and builds its piece table."""
+def _tasks(cfg: Config) -> list[tuple[object, float]]:
+    """[(seqio task tokenized with the run's vocabulary, rate)] of `data.mixture`, vocab size checked."""
     try:
         resolved = tasks_lib.tasks_and_rates(cfg.data.mixture)
     except DataError as e:
         raise ConfigError("data.mixture", str(e)) from None
-    vocab = None
-    if cfg.data.tokenizer:
-        try:
-            vocab = load_tokenizer(cfg.data.tokenizer)
-        except DataError as e:
-            raise ConfigError("data.tokenizer", str(e)) from None
-    streams = []
+    vocab = vocabulary(cfg) if cfg.data.tokenizer else None
+    out = []
     for task, rate in resolved:
         if vocab is not None:
             task = tasks_lib.with_vocabulary(task, vocab)
@@ -130,24 +130,51 @@ def task_streams(cfg: Config) -> list[TaskStream]:
             raise ConfigError("model.vocab_size", f"{cfg.model.vocab_size} is smaller than the vocabulary of task "
                               f"{task.name!r} ({task_vocab.vocab_size} ids incl. specials, {task_vocab!r}); "
                               f"raise model.vocab_size or use a smaller data.tokenizer")
-        cached = cache_lib.cache_task(task, cache_lib.cache_dir_for(cfg.data.cache_dir))
-        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len), task_vocab))
+        out.append((task, rate))
+    return out
+
+
+def build_caches(cfg: Config) -> list[str]:
+    """Tokenizes every task of `data.mixture` whose cache is missing from `data.cache_dir`.
+
+    Call it once per run (process 0, before a barrier) or run `python -m glm_jax.data build`.
+    Returns the names of the tasks tokenized now ([] when everything was cached).
+    """
+    cache_dir = cache_lib.cache_dir_for(cfg.data.cache_dir)
+    return [task.name for task, _ in _tasks(cfg) if cache_lib.build(task, cache_dir)]
+
+
+def task_streams(cfg: Config, *, build_missing: bool = True) -> list[TaskStream]:
+    """Opens each task's cache (tokenizing it first if missing and `build_missing`); piece tables."""
+    cache_dir = cache_lib.cache_dir_for(cfg.data.cache_dir)
+    streams = []
+    for task, rate in _tasks(cfg):
+        if build_missing:
+            cache_lib.build(task, cache_dir)
+        try:
+            cached = cache_lib.open_cached(task, cache_dir)
+        except cache_lib.CacheMissing as e:
+            raise ConfigError("data.cache_dir", f"{e}; build the caches first (`python -m glm_jax.data build "
+                              f"--config=...` or `loader.build_caches(cfg)` on one process before the "
+                              f"others open them), or point data.cache_dir at a built cache") from None
+        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len),
+                                  task.output_features["targets"].vocabulary, _ReadPiece(cached)))
     return streams
 
 
-def examples(cfg: Config, streams: list[TaskStream], *, process_index: int, process_count: int,
-             num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
-    """This process's examples ({tokens, targets, loss_mask}, variable length), tasks mixed by rate."""
+def row_examples(cfg: Config, streams: list[TaskStream], row: int, *, num_epochs: int | None = None,
+                 shuffle: bool = True) -> grain.MapDataset:
+    """Stream `row`'s examples ({tokens, targets, loss_mask}, variable length), tasks mixed by rate.
+
+    Every task needs at least train.batch_size pieces (`make_iterator` checks it).
+    """
+    num_rows = cfg.train.batch_size
     per_task = []
     for i, st in enumerate(streams):
-        ds = grain.MapDataset.source(st.pieces)[process_index::process_count]
-        if len(ds) == 0:
-            raise ConfigError("data.mixture", f"task {st.cached.name!r} has {len(st.pieces)} pieces, fewer than "
-                              f"the {process_count} processes; every process needs at least one")
+        ds = grain.MapDataset.source(st.pieces)[row::num_rows]
         if shuffle:
-            ds = ds.shuffle(seed=_task_seed(cfg.data.seed, i))  # per-epoch reshuffle: grain seeds by epoch
-        ds = ds.repeat(num_epochs).map(_ReadPiece(st.cached))
-        per_task.append(ds)
+            ds = ds.shuffle(seed=_seed(cfg.data.seed, i, row))  # reshuffled per epoch: grain seeds by epoch
+        per_task.append(ds.repeat(num_epochs).map(st.read))
     if len(per_task) == 1:
         return per_task[0]
     return grain.MapDataset.mix(per_task, weights=[st.rate for st in streams])
@@ -160,45 +187,87 @@ def _to_contract(row: dict) -> dict:
             "loss_mask": row["loss_mask"].astype(np.float32)}
 
 
-def pack(ds: grain.MapDataset, cfg: Config, *, num_bins: int) -> grain.IterDataset:
-    """Packs examples first-fit into rows of T with explicit segment ids/positions (row dicts)."""
+def pack(ds: grain.MapDataset, cfg: Config, row: int) -> grain.IterDataset:
+    """Packs stream `row`'s examples first-fit into rows of T (dicts of [T] arrays, the contract's fields)."""
     seq_len = cfg.train.seq_len
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.data.read_threads, prefetch_buffer_size=4 * num_bins))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))  # read in the iterator's own thread
     packed = grain.experimental.FirstFitPackIterDataset(
         it, length_struct={"tokens": seq_len, "targets": seq_len, "loss_mask": seq_len},
-        num_packing_bins=num_bins, seed=cfg.data.seed, shuffle_bins=True,
-        meta_features=("targets", "loss_mask"))
+        num_packing_bins=cfg.data.packing_bins or DEFAULT_PACKING_BINS, seed=_seed(cfg.data.seed, row),
+        shuffle_bins=True, meta_features=("targets", "loss_mask"))
     return packed.map(_to_contract)
 
 
-def _check(cfg: Config, process_index: int, process_count: int) -> int:
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
-    if cfg.train.batch_size % process_count:
-        raise ConfigError("train.batch_size", f"{cfg.train.batch_size} must be divisible by the number of "
-                          f"processes ({process_count})")
+class RowsIterator(grain.DatasetIterator):
+    """Batches of the given global rows: row i of each batch is the next row of stream rows[i].
+
+    A grain DatasetIterator (its orbax checkpoint handler works too) whose parents are the
+    per-row stream iterators, advanced in parallel on `threads` threads.
+    """
+
+    def __init__(self, rows: Sequence[int], row_iterators: Sequence[grain.DatasetIterator], threads: int):
+        super().__init__(list(row_iterators))
+        self._rows = [int(r) for r in rows]
+        self._pool = (concurrent.futures.ThreadPoolExecutor(min(threads, len(rows)), "glm-data")
+                      if threads > 1 and len(rows) > 1 else None)
+
+    @property
+    def rows(self) -> list[int]:
+        return list(self._rows)
+
+    def __next__(self) -> dict:
+        if self._pool is None:
+            got = [next(it) for it in self._parents]
+        else:
+            got = list(self._pool.map(next, self._parents))
+        return {k: np.stack([g[k] for g in got]) for k in FEATURES}
+
+    def get_state(self) -> dict:
+        return {str(r): it.get_state() for r, it in zip(self._rows, self._parents)}
+
+    def set_state(self, state: dict) -> None:
+        missing = [r for r in self._rows if str(r) not in state]
+        if missing:
+            raise ValueError(f"the data state has no entry for rows {missing} (it holds rows "
+                             f"{sorted(state, key=lambda k: int(k) if k.isdigit() else -1)}): it was saved by a "
+                             f"run with another train.batch_size or from an incomplete set of processes; "
+                             f"resume with the saving run's train.batch_size and all its processes' states")
+        for r, it in zip(self._rows, self._parents):
+            it.set_state(state[str(r)])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        super().close()
+
+
+def _check(cfg: Config, rows: Sequence[int]) -> None:
     if cfg.train.seq_len < 2:
         raise ConfigError("train.seq_len", f"must be >= 2 so a row holds a token and its next-token target, "
                           f"got {cfg.train.seq_len}")
-    return cfg.train.batch_size // process_count
-
-
-def make_dataset(cfg: Config, *, process_index: int, process_count: int) -> grain.IterDataset:
-    """The batched per-host stream (see the module docstring); `make_iterator` iterates it."""
-    local_batch = _check(cfg, process_index, process_count)
-    streams = task_streams(cfg)
-    ds = examples(cfg, streams, process_index=process_index, process_count=process_count)
-    rows = pack(ds, cfg, num_bins=cfg.data.packing_bins or 4 * local_batch)
-    batched = rows.batch(local_batch, drop_remainder=True)
     if cfg.data.num_workers:
-        from absl import flags  # grain's workers read absl flags; a library caller may not have parsed any
+        raise ConfigError("data.num_workers", f"{cfg.data.num_workers}: the row streams run in this process "
+                          f"(spread over data.read_threads threads); worker processes are not supported: set 0")
+    bad = [r for r in rows if not 0 <= int(r) < cfg.train.batch_size]
+    if not len(rows) or bad or len(set(int(r) for r in rows)) != len(rows):
+        raise ValueError(f"rows={list(rows)} must be distinct global row indices in [0, train.batch_size="
+                         f"{cfg.train.batch_size}), at least one")
 
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
-    return batched
 
+def make_iterator(cfg: Config, *, rows: Sequence[int], build_missing: bool = True) -> RowsIterator:
+    """The infinite, checkpointable iterator of the global rows `rows` (contract: module docstring).
 
-def make_iterator(cfg: Config, *, process_index: int, process_count: int) -> grain.DatasetIterator:
-    """This host's infinite, checkpointable iterator of packed batches (contract: module docstring)."""
-    return iter(make_dataset(cfg, process_index=process_index, process_count=process_count))
+    `build_missing=False` (several processes, after `build_caches` and a barrier) only opens the
+    caches: a missing one is an error naming data.cache_dir instead of a tokenization per host.
+    """
+    _check(cfg, rows)
+    streams = task_streams(cfg, build_missing=build_missing)
+    for st in streams:
+        if len(st.pieces) < cfg.train.batch_size:
+            raise ConfigError("train.batch_size", f"task {st.cached.name!r} has {len(st.pieces)} pieces of <= "
+                              f"train.seq_len={cfg.train.seq_len} tokens, fewer than the {cfg.train.batch_size} "
+                              f"rows of a global batch; each row reads its own share of every task: lower "
+                              f"train.batch_size or give the task more data")
+    its = [iter(pack(row_examples(cfg, streams, int(r)), cfg, int(r))) for r in rows]
+    return RowsIterator(rows, its, cfg.data.read_threads)

@@ -19,9 +19,9 @@ with grain; seqio's feature converters are never used, since they treat token id
 from __future__ import annotations
 
 import functools
-import glob
 import gzip
 import hashlib
+import io
 import json
 import os
 from typing import Iterator, Sequence
@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import seqio
 import tensorflow as tf
 
+from glm_jax import storage
 from glm_jax.data import chat
 from glm_jax.data.errors import DataError
 from glm_jax.data.paths import DATA_DIR
@@ -36,7 +37,7 @@ from glm_jax.data.tokenizer import bundled_tokenizer
 
 
 class DocumentSource(seqio.FunctionDataSource):
-    """Documents from local files, in sorted file order, split `train`.
+    """Documents from files (local paths or gs:// URLs, globs allowed), in sorted file order, split `train`.
 
     `.jsonl[.gz]`: one document per line, `text_key` field (chat: the whole row is a conversation).
     `.txt[.gz]`: the whole file is one document. `splittable`: may a document be cut into
@@ -47,7 +48,7 @@ class DocumentSource(seqio.FunctionDataSource):
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
         files = []
         for p in patterns:
-            matched = sorted(glob.glob(p))
+            matched = storage.glob(p)
             if not matched:
                 raise DataError(f"no file matches {p!r}; give existing .jsonl/.jsonl.gz/.txt/.txt.gz paths or globs")
             files += matched
@@ -56,7 +57,7 @@ class DocumentSource(seqio.FunctionDataSource):
                 raise DataError(f"{f}: unsupported file type; use .jsonl, .jsonl.gz, .txt or .txt.gz")
             if kind == "chat" and not f.endswith((".jsonl", ".jsonl.gz")):
                 raise DataError(f"{f}: chat conversations must be .jsonl[.gz], one conversation per line")
-        self.files = tuple(os.path.abspath(f) for f in files)
+        self.files = tuple(storage.resolve(f) for f in files)
         self.text_key = text_key
         self.kind = kind
         self.splittable = kind == "text"
@@ -65,15 +66,16 @@ class DocumentSource(seqio.FunctionDataSource):
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.kind}|{self.text_key}".encode())
         for f in self.files:
-            st = os.stat(f)
-            h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+            size, mtime_ns = storage.stat(f)
+            h.update(f"|{f}|{size}|{mtime_ns}".encode())
         return h.hexdigest()[:16]
 
     def documents(self) -> Iterator[str]:
         """Each document's text (chat: the conversation as JSON), validated; errors name file:line."""
         for path in self.files:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
+            with storage.open_file(path, "rb") as raw, \
+                    io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw,
+                                     encoding="utf-8") as f:
                 if path.endswith((".txt", ".txt.gz")):
                     yield f.read()
                     continue
@@ -141,7 +143,7 @@ def _add_task(name: str, source: DocumentSource, vocab) -> seqio.Task:
 
 
 def register_text_task(name: str, files: str | Sequence[str], *, vocabulary=None, text_key: str = "text"):
-    """Pretraining text from files/globs (.jsonl[.gz] rows with `text_key`, or whole .txt[.gz] files)."""
+    """Pretraining text from local or gs:// files/globs (.jsonl[.gz] rows with `text_key`, or whole .txt[.gz])."""
     return _add_task(name, DocumentSource(files, text_key=text_key), vocabulary or bundled_tokenizer())
 
 
