@@ -31,7 +31,7 @@ def make_data_iterator(cfg, *, rows):
     """The data pipeline of `cfg.data.mixture` (glm_jax.data), imported only when training."""
     from glm_jax.data.loader import make_iterator  # noqa: PLC0415 (lazy: data is optional for tools)
 
-    return make_iterator(cfg, rows=rows)
+    return make_iterator(cfg, rows=rows, build_missing=False)  # prepare_data built them
 
 
 def prepare_data(cfg):
