@@ -11,8 +11,9 @@
 # runs `kubectl apply -f` on it. Every pod runs the same train command as launch/tpu.sh's workers
 # (`python3 -m glm_jax.train ... --distributed`) in IMAGE: a container image with this checkout at
 # /app, installed with the [tpu] extra (launch/Dockerfile builds one). `--dry-run` prints the
-# manifest and the kubectl command instead. Needs the JobSet controller in the cluster and a TPU
-# node pool of that type and topology.
+# manifest and the kubectl command instead. kubectl talks to its current context (first:
+# `gcloud container clusters get-credentials CLUSTER`); the cluster needs the JobSet controller and
+# a TPU node pool of that type and topology.
 set -euo pipefail
 
 die() { echo "launch/gke.sh: $*" >&2; exit 2; }
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry=1 ;;
     --delete) delete=1 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown flag '$1' (see --help)" ;;
   esac
   shift

@@ -73,8 +73,17 @@ run "${create[@]}"
 if [ "$dry" = 1 ]; then
   echo "+ (wait until: gcloud compute tpus queued-resources describe $qr --zone=$zone --format='value(state.state)' prints ACTIVE)"
 else
-  until [ "$(gcloud compute tpus queued-resources describe "$qr" --zone="$zone" "${gproj[@]}" \
-            --format='value(state.state)')" = "ACTIVE" ]; do sleep 30; done
+  while :; do
+    state="$(gcloud compute tpus queued-resources describe "$qr" --zone="$zone" "${gproj[@]}" \
+               --format='value(state.state)')" || die "cannot read the state of queued resource $qr (see above)"
+    case "$state" in
+      ACTIVE) break ;;
+      FAILED|SUSPENDED) die "queued resource $qr is $state; see \`gcloud compute tpus queued-resources" \
+                            "describe $qr --zone=$zone\`, then delete it: launch/tpu.sh --name=$name" \
+                            "--zone=$zone --delete" ;;
+    esac
+    sleep 30
+  done
 fi
 
 # The code only (CODE_PATHS in launch/common.sh): never .git, .venv, runs/ or other local folders.

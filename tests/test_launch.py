@@ -193,6 +193,15 @@ def test_gcloud_standin_runs_ssh_on_every_worker_with_tpu_env(tmp_path, accelera
     assert delete.returncode == 0 and not (tmp_path / "state" / "tpus" / "n").exists()
 
 
+def test_launcher_stops_on_a_failed_queued_resource(tmp_path):
+    env = _standin_env(tmp_path / "state", GCLOUD_STANDIN_QR_STATE="FAILED", TMPDIR=str(tmp_path))
+    proc = subprocess.run(["bash", TPU_SH, "--name=t", "--zone=z", "--type=v5p-8", "--config=configs/debug.py",
+                           "--workdir=gs://b/r"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "queued resource t-qr is FAILED" in proc.stderr and "--delete" in proc.stderr
+    assert "tpu-vm" not in proc.stdout
+    assert os.listdir(tmp_path / "state" / "tpus" / "t" / "worker-0" / "home") == []
+
+
 def _editable_install_of(python):
     """What `python` (outside any cwd/PYTHONPATH) imports glm_jax from, and its install files' bytes."""
     out = subprocess.run([python, "-c", "import glm_jax, sysconfig; print(glm_jax.__file__); "
