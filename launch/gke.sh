@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry=1 ;;
     --delete) delete=1 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown flag '$1' (see --help)" ;;
   esac
   shift

@@ -390,3 +390,11 @@ def test_gke_bad_flags_fail_before_any_command(flags, message):
 def test_gke_delete():
     _, _, cmds = _gke_dry_run("--name=glm4", "--namespace=team", "--delete")
     assert cmds == [["kubectl", "delete", "jobset", "glm4", "--namespace=team"]]
+
+
+@pytest.mark.parametrize("script", [TPU_SH, GKE_SH])
+def test_help_prints_the_header_only(script):
+    proc = subprocess.run(["bash", script, "--help"], capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0].startswith("# Submit") and all(line.startswith("#") for line in lines)
+    assert "--dry-run" in proc.stdout
