@@ -7,12 +7,16 @@
 #   launch/tpu.sh --name=glm4 --zone=us-east5-a --delete [--dry-run]
 #
 # Steps: create the slice (queued resource), wait until ACTIVE, copy this checkout to every worker
-# and install it with the [tpu] extra, start `python -m glm_jax.train` on all workers at once
-# (jax.distributed finds the other hosts from the TPU metadata), and stream their logs.
+# (the code only: glm_jax, configs, data, launch, setup.py) and install it with the [tpu] extra,
+# start `python3 -m glm_jax.train ... --distributed` on all workers at once (one jax.distributed
+# job; jax finds the other hosts from the TPU metadata), and stream their logs.
 # `--dry-run` prints every command instead of running it. `--delete` deletes the slice.
 set -euo pipefail
 
 die() { echo "launch/tpu.sh: $*" >&2; exit 2; }
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(dirname "$here")"
+source "$here/common.sh"
 
 name="" zone="" type="" config="" workdir="" project="" runtime="" spot=0 dry=0 delete=0
 extra=()
@@ -29,7 +33,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry=1 ;;
     --delete) delete=1 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) die "unknown flag '$1' (see --help)" ;;
   esac
   shift
@@ -54,21 +58,12 @@ if [ "$delete" = 1 ]; then
 fi
 
 [ -n "$type" ] || die "--type is required (e.g. v5p-128, v5litepod-16, v4-32, v6e-64)"
-case "$type" in
-  v4-*) default_runtime="tpu-ubuntu2204-base" ;;
-  v5p-*) default_runtime="v2-alpha-tpuv5" ;;
-  v5litepod-*|v5e-*) default_runtime="v2-alpha-tpuv5-lite" ;;
-  v6e-*) default_runtime="v2-alpha-tpuv6e" ;;
-  *) die "unknown --type '$type': use v4-N, v5p-N, v5litepod-N or v6e-N" ;;
-esac
-cores="${type#*-}"
-[[ "$cores" =~ ^[0-9]+$ ]] && [ "$cores" -ge 1 ] && [ $((cores & (cores - 1))) -eq 0 ] \
-  || die "unknown --type '$type': the size after '-' must be a power of two"
+slice_shape "$type"
 [ -n "$config" ] || die "--config is required (e.g. configs/glm4_9b.py)"
-[ -f "$config" ] || die "--config '$config' does not exist"
+config="$(config_in_repo "$config")"
 [ -n "$workdir" ] || die "--workdir is required: a gs:// path every host can write (checkpoints, metrics)"
 [[ "$workdir" == gs://* ]] || die "--workdir '$workdir' must be a gs:// path: the workers share no local disk"
-runtime="${runtime:-$default_runtime}"
+runtime="${runtime:-$SLICE_RUNTIME}"
 
 create=(gcloud compute tpus queued-resources create "$qr" --node-id="$name" --zone="$zone"
         --accelerator-type="$type" --runtime-version="$runtime" "${gproj[@]}")
@@ -78,20 +73,34 @@ run "${create[@]}"
 if [ "$dry" = 1 ]; then
   echo "+ (wait until: gcloud compute tpus queued-resources describe $qr --zone=$zone --format='value(state.state)' prints ACTIVE)"
 else
-  until [ "$(gcloud compute tpus queued-resources describe "$qr" --zone="$zone" "${gproj[@]}" \
-            --format='value(state.state)')" = "ACTIVE" ]; do sleep 30; done
+  while :; do
+    state="$(gcloud compute tpus queued-resources describe "$qr" --zone="$zone" "${gproj[@]}" \
+               --format='value(state.state)')" || die "cannot read the state of queued resource $qr (see above)"
+    case "$state" in
+      ACTIVE) break ;;
+      FAILED|SUSPENDED) die "queued resource $qr is $state; see \`gcloud compute tpus queued-resources" \
+                            "describe $qr --zone=$zone\`, then delete it: launch/tpu.sh --name=$name" \
+                            "--zone=$zone --delete" ;;
+    esac
+    sleep 30
+  done
 fi
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-tarball="/tmp/glm-jax-${name}.tar.gz"
-run tar -C "$repo" --exclude=.venv --exclude=.git -czf "$tarball" .
+# The code only (CODE_PATHS in launch/common.sh): never .git, .venv, runs/ or other local folders.
+tarball="${TMPDIR:-/tmp}/glm-jax-$name.$$.tar.gz"
+[ "$dry" = 1 ] || trap 'rm -f "$tarball"' EXIT  # also once copied, below
+run tar -C "$repo" "${CODE_EXCLUDES[@]}" -czf "$tarball" "${CODE_PATHS[@]}"
 ssh_all=(gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" "${gproj[@]}" --worker=all)
 run gcloud compute tpus tpu-vm scp "$tarball" "$name:glm-jax.tar.gz" --zone="$zone" "${gproj[@]}" --worker=all
-run "${ssh_all[@]}" --command="mkdir -p ~/glm-jax && tar -xzf ~/glm-jax.tar.gz -C ~/glm-jax && cd ~/glm-jax && pip install -q -e '.[tpu]'"
+[ "$dry" = 1 ] || rm -f "$tarball"
+# A fresh ~/glm-jax each launch (no module of an older checkout lingers), installed into the
+# interpreter that then runs the trainer.
+run "${ssh_all[@]}" --command="rm -rf ~/glm-jax && mkdir -p ~/glm-jax && tar -xzf ~/glm-jax.tar.gz -C ~/glm-jax \
+&& cd ~/glm-jax && python3 -m pip install -q -e '.[tpu]'"
 
-train="cd ~/glm-jax && python3 -m glm_jax.train --config=$config --workdir=$workdir"
-for arg in "${extra[@]}"; do train+=" $(printf '%q' "$arg")"; done
-# All workers start together; each host's jax.distributed finds its peers from the TPU metadata.
+train="cd ~/glm-jax && $(train_command "$config" "$workdir" "${extra[@]}")"
+# All workers start together, each joining one jax.distributed job (--distributed: on Cloud TPU
+# jax finds the coordinator and its process index from the TPU metadata).
 # Output of every worker streams back here; SIGTERM on preemption makes the trainer checkpoint and exit.
 run "${ssh_all[@]}" --command="$train"
 echo "slice $name ($type) still runs; delete it with: launch/tpu.sh --name=$name --zone=$zone --delete" >&2

@@ -1,5 +1,10 @@
 """Train a GLM model: every stage of a config, sharded over all devices, resumable.
 
+Every host runs the same command line; only its environment differs. With `--distributed`, the
+process count and this process's index come from --num_processes / --process_id or, when those
+are not given, from JAX_NUM_PROCESSES / JAX_PROCESS_ID (jax itself reads JAX_COORDINATOR_ADDRESS):
+launch/local.sh, the tests' gcloud stand-in and GKE pods set them; Cloud TPU VMs need none.
+
     python -m glm_jax.train --config=configs/debug.py --workdir=/tmp/run1 \\
         --config.mesh.fsdp=4 --config.mesh.tensor=2 --config.train.steps=200
 
@@ -62,13 +67,29 @@ def main(argv):
     import jax
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", "the process count"),
+                                   process_id=_flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", "this process's index"))
     from glm_jax.train import loop
 
     result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data)
     if jax.process_index() == 0:
         print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
+
+
+def _flag_or_env(flag, env: str, what: str) -> int | None:
+    """`--flag` when given, else the integer in $env, else None (jax.distributed then detects it)."""
+    import os  # noqa: PLC0415
+
+    if flag.value is not None:
+        return flag.value
+    value = os.environ.get(env, "")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{env}={value!r} is not an integer: set it to {what}, or pass --{flag.name}") from None
 
 
 if __name__ == "__main__":
