@@ -270,7 +270,6 @@ def test_launcher_installs_only_glm_jax_on_every_worker(launched):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="gs:// workdirs land with the loop change", strict=False)
 def test_launcher_end_to_end_trains_one_job_on_every_worker(launched):
     out = launched["out"]
     assert launched["returncode"] == 0, f"exit {launched['returncode']}; {launched['log']}:\n{out[-6000:]}"
@@ -280,7 +279,6 @@ def test_launcher_end_to_end_trains_one_job_on_every_worker(launched):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="gs:// workdirs land with the loop change", strict=False)
 def test_launcher_end_to_end_writes_the_run_to_the_bucket(launched, gcs_server):
     from tests.gcs import list_objects
 

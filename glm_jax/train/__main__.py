@@ -9,9 +9,7 @@ launch/local.sh, the tests' gcloud stand-in and GKE pods set them; Cloud TPU VMs
         --config.mesh.fsdp=4 --config.mesh.tensor=2 --config.train.steps=200
 
 Rerunning the same command in the same workdir (local or gs://) resumes from the latest
-checkpoint, on any number of hosts. On several hosts, start the same command on each with
-`--distributed` (Cloud TPU detects the rest; on CPU pass --coordinator_address, --num_processes
-and --process_id). Process 0 prints one progress line per log step; library logging (absl,
+checkpoint, on any number of hosts. Process 0 prints one progress line per log step; library logging (absl,
 orbax, TensorFlow, XLA's start-up lines) stays off unless `--verbose`.
 """
 
@@ -79,8 +77,6 @@ def main(argv):
 
 def _flag_or_env(flag, env: str, what: str) -> int | None:
     """`--flag` when given, else the integer in $env, else None (jax.distributed then detects it)."""
-    import os  # noqa: PLC0415
-
     if flag.value is not None:
         return flag.value
     value = os.environ.get(env, "")
