@@ -41,7 +41,8 @@ def prepare_data(cfg):
     """Tokenizes the mixture's missing caches into data.cache_dir (run by process 0 only)."""
     from glm_jax.data.loader import build_caches  # noqa: PLC0415
 
-    build_caches(cfg)
+    for task in build_caches(cfg):
+        print(f"data: tokenized task {task!r} into {cfg.data.cache_dir or 'the local cache'}", flush=True)
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -57,6 +58,17 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     for name in ("jax", "orbax", "absl", "grain", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # TensorFlow's C++ start-up lines (CUDA probing: "Could not find cuda drivers", absl's
+    # "before InitializeLog") ignore TF_CPP_MIN_LOG_LEVEL; they come from its import alone, so
+    # import it once with the stderr file descriptor closed. Python errors still surface.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401,PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def main(argv):

@@ -216,12 +216,21 @@ def _prepare(stages: list[tuple[str, Config]], prepare_data: Callable[[Config], 
         multihost_utils.sync_global_devices("glm_jax: data prepared")
 
 
+def _with_shared_cache(cfg: Config, workdir: str) -> Config:
+    """`data.cache_dir` "" on a pod (a URL workdir, or several processes) means WORKDIR/data_cache:
+    the hosts share no home directory, and the run's data stays with the run. One process on a
+    local workdir keeps the per-user cache ($GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data)."""
+    if cfg.data.cache_dir or not (storage.is_url(workdir) or jax.process_count() > 1):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=storage.join(workdir, "data_cache")))
+
+
 def run(cd, workdir: str, make_iterator: MakeIterator,
         prepare_data: Callable[[Config], Any] | None = None) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir` (local or gs://), resuming whatever was done there before."""
-    stages = config_lib.resolve_stages(cd)
     workdir = storage.resolve(workdir)
+    stages = [(name, _with_shared_cache(cfg, workdir)) for name, cfg in config_lib.resolve_stages(cd)]
     validation.check_run(stages, workdir, num_devices=jax.device_count(), num_processes=jax.process_count())
     ckpt_lib.write_stages(workdir, stages)
     _prepare(stages, prepare_data)

@@ -1,7 +1,9 @@
 """Through the real `python -m glm_jax.train` on the bundled seqio mixture: SIGTERM mid-run, then a
-restart, gives bit-identical per-step losses to a straight run (model, optimizer and data order)."""
+restart, gives bit-identical per-step losses to a straight run (model, optimizer and data order),
+and the console shows the run, not the libraries."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,14 @@ FLAGS = ["--config=configs/debug.py", "--config.train.steps=12", "--config.train
 
 
 def _env(cache):
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_COMPILATION_CACHE_DIR=cache,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it: the CLI quiets the libraries itself
+    return env
+
+
+_OURS = re.compile(r"data: tokenized task .*|\[main\] step \d+/12  loss .*|checkpoint step \d+: saving to .*|\[main\] done at step 12 .*|"
+                   r"finished at step 12 \(stage 'main'\); workdir .*")
 
 
 @pytest.mark.slow
@@ -27,8 +34,15 @@ def test_sigterm_through_the_cli_on_bundled_data_resumes_exactly(tmp_path):
     cache = str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "glm_jax.train"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    subprocess.run(cmd + FLAGS + [f"--workdir={straight}"], env=_env(cache), cwd=REPO, check=True,
-                   capture_output=True, timeout=600)
+    run = subprocess.run(cmd + FLAGS + [f"--workdir={straight}"], env=_env(cache), cwd=REPO, check=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    lines = run.stdout.splitlines()
+    # The README's main command prints this and nothing else: a progress line per log step (12),
+    # a line per checkpoint (3), the end of the stage and of the run (and, on a new machine, one per
+    # task tokenized into the cache). No library logging.
+    assert [line for line in lines if not _OURS.fullmatch(line)] == [], run.stdout[-3000:]
+    ours = [line for line in lines if not line.startswith("data: tokenized")]
+    assert sum(line.startswith("[main] step") for line in ours) == 12 and len(ours) == 12 + 3 + 2
     proc = subprocess.Popen(cmd + FLAGS + [f"--workdir={resumed}"], env=_env(cache), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
