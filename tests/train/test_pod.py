@@ -116,7 +116,8 @@ def test_sigterm_to_one_worker_saves_the_same_step_everywhere_and_resumes_bit_id
 
     # Export straight from the bucket; transformers loads it and computes our logits.
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "glm_jax.convert", "to-hf", f"--workdir={workdir}", f"--out={out}"],
+    proc = subprocess.run([sys.executable, "-m", "glm_jax.convert", "to-hf", f"--workdir={workdir}", f"--out={out}",
+                           "--dtype=float32"],
                           env=_env(cache_dir), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import torch
