@@ -179,19 +179,26 @@ def test_resume_in_a_new_process(data_cfg, cache_dir, tmp_path):
     _assert_same([{k: out[f"{k}_{i}"] for k in loader.FEATURES} for i in range(3)], want)
 
 
+def _global_order(cfg, streams, n):
+    """The first n pieces (first 8 tokens) of the task's global sequence: element k*B + r is row r's k-th."""
+    rows = cfg.train.batch_size
+    per_row = [loader.row_examples(cfg, streams, r) for r in range(rows)]
+    return [tuple(per_row[j % rows][j // rows]["tokens"][:8]) for j in range(n)]
+
+
 def test_stream_is_infinite_and_reshuffled_per_epoch_from_the_seed(data_cfg, pack_task):
     cfg = data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'")
     streams = loader.task_streams(cfg)
-    n = len(streams[0].pieces[3::cfg.train.batch_size])  # row 3's share of the pieces
-    order = [tuple(x["tokens"][:8]) for x in loader.row_examples(cfg, streams, 3)[:3 * n]]
+    n = len(streams[0].pieces)
+    order = _global_order(cfg, streams, 3 * n)
     epochs = [order[i * n:(i + 1) * n] for i in range(3)]
-    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # each epoch is the row's share once
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # each epoch is the whole data once
     assert epochs[0] != epochs[1] != epochs[2]  # in a new order
-    again = loader.row_examples(cfg, streams, 3)
-    assert [tuple(again[i]["tokens"][:8]) for i in range(n)] == epochs[0]  # deterministic from the seed
-    other = loader.row_examples(data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'", "data.seed=7"),
-                                streams, 3)
-    assert [tuple(other[i]["tokens"][:8]) for i in range(n)] != epochs[0]
+    assert _global_order(cfg, streams, n) == epochs[0]  # deterministic from the seed
+    other = data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'", "data.seed=7")
+    assert _global_order(other, streams, n) != epochs[0]
+    row0 = [{order[j] for j in range(i * n, (i + 1) * n) if j % cfg.train.batch_size == 0} for i in range(2)]
+    assert row0[0] != row0[1]  # a row's share of the pieces changes from epoch to epoch
 
 
 def test_row_streams_split_the_pieces_disjointly_and_differ(data_cfg, pack_task):
