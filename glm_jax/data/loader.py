@@ -7,6 +7,7 @@ Contract (the training loop relies on it):
     batch = next(it)            # dict of numpy arrays, each [len(rows), T]: row i = global row rows[i]
     state = it.get_state()      # {str(row): small JSON-able state} for every row in `rows`
     it.set_state(state)         # takes its own rows' entries (others ignored); also in a new process
+    merge_states([s0, s1, ...]) # the global state from every process's get_state(), for set_state
 
 The global batch is B = cfg.train.batch_size rows of T = cfg.train.seq_len, and global row r of
 every batch comes from its own deterministic stream r, whatever the number of processes, so a
@@ -243,6 +244,21 @@ class RowsIterator(grain.DatasetIterator):
             self._pool.shutdown(wait=False)
             self._pool = None
         super().close()
+
+
+def merge_states(states: Sequence[dict]) -> dict:
+    """The global data state from every process's `get_state()` (what `set_state` takes on any process count).
+
+    A row read by several processes must have the same state in each (they read the same stream).
+    """
+    merged: dict = {}
+    for state in states:
+        for row, st in state.items():
+            if row in merged and merged[row] != st:
+                raise ValueError(f"two processes saved different states for data row {row} ({merged[row]} vs "
+                                 f"{st}): they were not at the same step; restore from one checkpoint step")
+            merged[row] = st
+    return merged
 
 
 def _check(cfg: Config, rows: Sequence[int]) -> None:

@@ -225,7 +225,7 @@ def test_rows_do_not_depend_on_how_they_are_split_among_iterators(data_cfg):
 
 def _split_state(iterators):
     """The global data state: the union of every iterator's {row: state} (what N processes save)."""
-    return {k: v for it in iterators for k, v in it.get_state().items()}
+    return loader.merge_states([it.get_state() for it in iterators])
 
 
 def test_state_saved_by_two_iterators_resumes_on_one_and_back(data_cfg):
@@ -245,6 +245,13 @@ def test_state_saved_by_two_iterators_resumes_on_one_and_back(data_cfg):
         it.set_state(state)
     got = [_take(it, 1)[0] for it in back]
     _assert_same([{k: np.concatenate([g[k] for g in got]) for k in loader.FEATURES}], want[4:5])
+    shared = [loader.make_iterator(cfg, rows=rows) for rows in ([0, 1], [1, 2])]  # row 1 on two hosts
+    _take(shared[0], 1)
+    _take(shared[1], 1)
+    assert sorted(loader.merge_states([it.get_state() for it in shared])) == ["0", "1", "2"]
+    _take(shared[1], 1)  # one host a step ahead: its row 1 state differs
+    with pytest.raises(ValueError, match="different states for data row 1"):
+        loader.merge_states([it.get_state() for it in shared])
 
 
 def test_mixture_samples_tasks_by_rate(data_cfg):
