@@ -181,7 +181,8 @@ def main():
     for s in result["serve"]:
         for h in s["hosts"]:
             print(f"{s['rows_per_host']:>9} {s['global_batch']:>5} {h['process']:>4} {h['open_s']:>7.2f} "
-                  f"{h['tokens_per_s']:>10,.0f} {h['cpu_s_per_mtok']:>10.2f} {h['loader_threads']:>3} of {h['process_threads']:>4} "
+                  f"{h['tokens_per_s']:>10,.0f} {h['cpu_s_per_mtok']:>10.2f} "
+                  f"{h['loader_threads']:>3} of {h['process_threads']:>4} "
                   f"{h['max_rss_mb']:>7.0f} {h['fill']:>5.2f} {h['serve_over_train_share']:>7.1f}x")
     worst = min(h["serve_over_train_share"] for s in result["serve"] for h in s["hosts"])
     print(f"slowest host serves {worst:.1f}x what it must supply "

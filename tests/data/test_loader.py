@@ -326,7 +326,8 @@ def test_bad_input_is_a_clear_error(data_cfg, tmp_path):
     with pytest.raises(ConfigError, match="data.num_workers.*set 0"):
         loader.make_iterator(data_cfg("data.num_workers=2"), rows=[0])
     for rows in ([], [8], [-1], [2, 2]):
-        with pytest.raises(ValueError, match=r"rows=.* must be distinct global row indices in \[0, train.batch_size=8\)"):
+        with pytest.raises(ValueError, match=r"rows=.* must be distinct global row indices in \[0, "
+                                             r"train.batch_size=8\)"):
             loader.make_iterator(data_cfg(), rows=rows)
     it = loader.make_iterator(data_cfg(), rows=[3, 5])
     with pytest.raises(ValueError, match=r"no entry for rows \[5\] \(it holds rows \['0', '3'\]\).*train.batch_size"):
