@@ -171,7 +171,8 @@ def row_examples(cfg: Config, streams: list[TaskStream], row: int, *, num_epochs
                  shuffle: bool = True) -> grain.MapDataset:
     """Stream `row`'s examples ({tokens, targets, loss_mask}, variable length), tasks mixed by rate.
 
-    Every task needs at least train.batch_size pieces (`make_iterator` checks it).
+    Positions row, row + B, ... of each task's repeated global sequence: a task with fewer pieces
+    than B rows still feeds every row (from later epochs); with `num_epochs` such a row may be empty.
     """
     per_task = []
     for i, st in enumerate(streams):
@@ -282,11 +283,5 @@ def make_iterator(cfg: Config, *, rows: Sequence[int], build_missing: bool = Tru
     """
     _check(cfg, rows)
     streams = task_streams(cfg, build_missing=build_missing)
-    for st in streams:
-        if len(st.pieces) < cfg.train.batch_size:
-            raise ConfigError("train.batch_size", f"task {st.cached.name!r} has {len(st.pieces)} pieces of <= "
-                              f"train.seq_len={cfg.train.seq_len} tokens, fewer than the {cfg.train.batch_size} "
-                              f"rows of a global batch; each row reads its own share of every task: lower "
-                              f"train.batch_size or give the task more data")
     its = [iter(pack(row_examples(cfg, streams, int(r)), cfg, int(r))) for r in rows]
     return RowsIterator(rows, its, cfg.data.read_threads)
