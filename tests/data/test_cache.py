@@ -112,6 +112,7 @@ def test_cache_and_sources_in_a_bucket_read_through_an_empty_mirror(data_cfg, sm
     assert sorted(os.listdir(tmp_path / "reader_mirror")) == [entry]
 
 
+@pytest.mark.slow
 def test_build_cli_tokenizes_once(tmp_path):
     cmd = [sys.executable, "-m", "glm_jax.data", "build", "--config=configs/debug.py",
            f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.data.mixture=bundled_chat_sft"]
