@@ -200,7 +200,7 @@ class DataConfig:
     tokenizer: str = ""  # path of a tiktoken-format (GLM-4) or SentencePiece file; "" = the task's own
     seed: int = 0  # shuffling (reshuffled per epoch from it) and bin order
     num_workers: int = 0  # must be 0: the row streams run in-process (on read_threads threads)
-    cache_dir: str = ""  # tokenized ArrayRecord cache; "" = $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
+    cache_dir: str = ""  # tokenized cache, local/shared/gs://; "" = $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
     packing_bins: int = 0  # rows packed at once (first-fit) per row stream; 0 = 16
     read_threads: int = 2  # threads advancing this host's row streams (however many rows it reads)
 
