@@ -112,6 +112,7 @@ def test_cache_and_sources_in_a_bucket_read_through_an_empty_mirror(data_cfg, sm
     assert sorted(os.listdir(tmp_path / "reader_mirror")) == [entry]
 
 
+@pytest.mark.slow
 def test_build_cli_tokenizes_once(tmp_path):
     cmd = [sys.executable, "-m", "glm_jax.data", "build", "--config=configs/debug.py",
            f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.data.mixture=bundled_chat_sft"]
@@ -123,3 +124,49 @@ def test_build_cli_tokenizes_once(tmp_path):
     assert "every task of 'bundled_chat_sft' is already cached" in again.stdout, again.stderr[-2000:]
     bad = subprocess.run([*cmd, "extra"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "usage: python -m glm_jax.data [show|build]" in bad.stderr
+
+
+_HOST = """
+import json, os, sys
+import numpy as np
+from glm_jax import config
+from glm_jax.data import loader, tasks
+src, cache_dir, first, out = sys.argv[1:]
+tasks.register_text_task("test_small_zh", os.path.join(src, "zh.jsonl.gz"))
+tasks.register_text_task("test_small_en", os.path.join(src, "en.jsonl.gz"))
+tasks.register_mixture("test_small_mix", [("test_small_zh", 0.5), ("test_small_en", 0.5)])
+cfg = config.load("configs/debug.py", [f"data.cache_dir={cache_dir!r}", "data.mixture='test_small_mix'",
+                                       "train.seq_len=128"])
+it = loader.make_iterator(cfg, rows=range(int(first), int(first) + 4), build_missing=False)
+bs = [next(it) for _ in range(3)]
+np.savez(out + ".npz", **{f"{k}_{i}": b[k] for i, b in enumerate(bs) for k in b})
+json.dump(it.get_state(), open(out + ".json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_read_their_rows_of_a_bucket_cache_and_resume_as_one(data_cfg, small_mix, gcs_bucket,
+                                                                            tmp_path, tokenizations):
+    """Two "hosts" (processes, each with an empty mirror) read rows 0-3 and 4-7 of a cache in the bucket;
+    together they are the one-process batches, and their merged state resumes in one process."""
+    cfg = _cfg(data_cfg, f"{gcs_bucket}/cache")
+    loader.build_caches(cfg)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    hosts = [subprocess.Popen([sys.executable, "-c", _HOST, str(small_mix), f"{gcs_bucket}/cache", str(first),
+                               str(tmp_path / f"host{first}")], cwd=REPO, stderr=subprocess.PIPE,
+                              env={**env, "GLM_JAX_DATA_MIRROR": str(tmp_path / f"mirror{first}")})
+             for first in (0, 4)]
+    for h in hosts:
+        _, err = h.communicate(timeout=300)
+        assert h.returncode == 0, err.decode()[-3000:]
+    assert sorted(tokenizations) == ["test_small_en", "test_small_zh"]  # built once, here; hosts only download
+    assert all(os.listdir(tmp_path / f"mirror{first}") for first in (0, 4))
+    one = loader.make_iterator(cfg, rows=range(8), build_missing=False)
+    out = [np.load(tmp_path / f"host{first}.npz") for first in (0, 4)]
+    _assert_same(_take(one, 3), [{k: np.concatenate([o[f"{k}_{i}"] for o in out]) for k in loader.FEATURES}
+                                 for i in range(3)])
+    want = _take(one, 2)
+    resumed = loader.make_iterator(cfg, rows=range(8), build_missing=False)
+    resumed.set_state(loader.merge_states([json.loads((tmp_path / f"host{first}.json").read_text())
+                                           for first in (0, 4)]))
+    _assert_same(_take(resumed, 2), want)

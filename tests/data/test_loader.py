@@ -179,19 +179,26 @@ def test_resume_in_a_new_process(data_cfg, cache_dir, tmp_path):
     _assert_same([{k: out[f"{k}_{i}"] for k in loader.FEATURES} for i in range(3)], want)
 
 
+def _global_order(cfg, streams, n):
+    """The first n pieces (first 8 tokens) of the task's global sequence: element k*B + r is row r's k-th."""
+    rows = cfg.train.batch_size
+    per_row = [loader.row_examples(cfg, streams, r) for r in range(rows)]
+    return [tuple(per_row[j % rows][j // rows]["tokens"][:8]) for j in range(n)]
+
+
 def test_stream_is_infinite_and_reshuffled_per_epoch_from_the_seed(data_cfg, pack_task):
     cfg = data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'")
     streams = loader.task_streams(cfg)
-    n = len(streams[0].pieces[3::cfg.train.batch_size])  # row 3's share of the pieces
-    order = [tuple(x["tokens"][:8]) for x in loader.row_examples(cfg, streams, 3)[:3 * n]]
+    n = len(streams[0].pieces)
+    order = _global_order(cfg, streams, 3 * n)
     epochs = [order[i * n:(i + 1) * n] for i in range(3)]
-    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # each epoch is the row's share once
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # each epoch is the whole data once
     assert epochs[0] != epochs[1] != epochs[2]  # in a new order
-    again = loader.row_examples(cfg, streams, 3)
-    assert [tuple(again[i]["tokens"][:8]) for i in range(n)] == epochs[0]  # deterministic from the seed
-    other = loader.row_examples(data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'", "data.seed=7"),
-                                streams, 3)
-    assert [tuple(other[i]["tokens"][:8]) for i in range(n)] != epochs[0]
+    assert _global_order(cfg, streams, n) == epochs[0]  # deterministic from the seed
+    other = data_cfg(f"train.seq_len={SEQ}", "data.mixture='test_pack_docs'", "data.seed=7")
+    assert _global_order(other, streams, n) != epochs[0]
+    row0 = [{order[j] for j in range(i * n, (i + 1) * n) if j % cfg.train.batch_size == 0} for i in range(2)]
+    assert row0[0] != row0[1]  # a row's share of the pieces changes from epoch to epoch
 
 
 def test_row_streams_split_the_pieces_disjointly_and_differ(data_cfg, pack_task):
@@ -218,7 +225,7 @@ def test_rows_do_not_depend_on_how_they_are_split_among_iterators(data_cfg):
 
 def _split_state(iterators):
     """The global data state: the union of every iterator's {row: state} (what N processes save)."""
-    return {k: v for it in iterators for k, v in it.get_state().items()}
+    return loader.merge_states([it.get_state() for it in iterators])
 
 
 def test_state_saved_by_two_iterators_resumes_on_one_and_back(data_cfg):
@@ -238,6 +245,13 @@ def test_state_saved_by_two_iterators_resumes_on_one_and_back(data_cfg):
         it.set_state(state)
     got = [_take(it, 1)[0] for it in back]
     _assert_same([{k: np.concatenate([g[k] for g in got]) for k in loader.FEATURES}], want[4:5])
+    shared = [loader.make_iterator(cfg, rows=rows) for rows in ([0, 1], [1, 2])]  # row 1 on two hosts
+    _take(shared[0], 1)
+    _take(shared[1], 1)
+    assert sorted(loader.merge_states([it.get_state() for it in shared])) == ["0", "1", "2"]
+    _take(shared[1], 1)  # one host a step ahead: its row 1 state differs
+    with pytest.raises(ValueError, match="different states for data row 1"):
+        loader.merge_states([it.get_state() for it in shared])
 
 
 def test_mixture_samples_tasks_by_rate(data_cfg):
@@ -268,6 +282,18 @@ def test_chat_sft_rows_carry_the_rendered_assistant_mask(data_cfg):
             assert mask.tolist() == label[1:].tolist() + [0]
             seen += 1
     assert seen >= 6
+
+
+def test_a_task_smaller_than_the_batch_still_feeds_every_row(data_cfg):
+    """36 conversations, 64 rows: row r starts at position r of the repeated sequence (epoch 1 for r >= 36)."""
+    cfg = data_cfg("train.seq_len=1024", "train.batch_size=64", "data.mixture='bundled_chat_sft'")
+    streams = loader.task_streams(cfg)
+    assert len(streams[0].pieces) == 36
+    firsts = [tuple(loader.row_examples(cfg, streams, r)[0]["tokens"].tolist()) for r in range(64)]
+    assert len(set(firsts[:36])) == 36  # epoch 0: every conversation once, spread over rows 0..35
+    assert set(firsts[36:]) <= set(firsts[:36]) and len(set(firsts[36:])) == 28  # rows 36..63: epoch 1
+    b = next(loader.make_iterator(cfg, rows=[0, 63]))
+    assert b["tokens"].shape == (2, 1024) and (b["segment_ids"].max(axis=1) >= 1).all()
 
 
 def test_data_tokenizer_retokenizes_the_tasks(data_cfg, pack_task, tmp_path):
@@ -305,14 +331,11 @@ def test_bad_input_is_a_clear_error(data_cfg, tmp_path):
         loader.make_iterator(data_cfg("train.seq_len=16", "data.mixture='bundled_chat_sft'"), rows=[0])
     with pytest.raises(ConfigError, match="model.vocab_size.*1024 is smaller than the vocabulary"):
         loader.make_iterator(data_cfg("model.vocab_size=1024"), rows=[0])
-    with pytest.raises(ConfigError, match="train.batch_size.*task 'bundled_chat_sft' has 36 pieces .* fewer than "
-                                          "the 64 rows of a global batch"):
-        loader.make_iterator(data_cfg("train.seq_len=1024", "train.batch_size=64", "data.mixture='bundled_chat_sft'"),
-                             rows=[0])
     with pytest.raises(ConfigError, match="data.num_workers.*set 0"):
         loader.make_iterator(data_cfg("data.num_workers=2"), rows=[0])
     for rows in ([], [8], [-1], [2, 2]):
-        with pytest.raises(ValueError, match=r"rows=.* must be distinct global row indices in \[0, train.batch_size=8\)"):
+        with pytest.raises(ValueError, match=r"rows=.* must be distinct global row indices in \[0, "
+                                             r"train.batch_size=8\)"):
             loader.make_iterator(data_cfg(), rows=rows)
     it = loader.make_iterator(data_cfg(), rows=[3, 5])
     with pytest.raises(ValueError, match=r"no entry for rows \[5\] \(it holds rows \['0', '3'\]\).*train.batch_size"):
