@@ -50,7 +50,7 @@ from glm_jax.data import tasks  # noqa: E402
 from glm_jax.data.loader import make_iterator  # noqa: E402
 from glm_jax.data.tokenizer import bundled_tokenizer  # noqa: E402
 from glm_jax.eval import passkey  # noqa: E402
-from glm_jax.train import loop  # noqa: E402
+from glm_jax.train import loop, metrics  # noqa: E402
 from glm_jax.train.checkpoint import StageCheckpoints, locate_params, restore_params, stage_dir  # noqa: E402
 
 BASE_LEN = 512
@@ -97,10 +97,8 @@ def arm_config(rope_ratio: float, stage_tasks: dict[str, str], steps_512: int, s
 
 
 def stage_seconds(workdir: str, stage: str) -> float:
-    """Summed step times of `stage` from the workdir's metrics.jsonl (whichever process ran it)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return sum(r["step_time"] for r in rows if r.get("stage") == stage)
+    """Summed step times of `stage` from the workdir's metrics rows (whichever process ran it)."""
+    return sum(r["step_time"] for r in metrics.read_rows(workdir) if r.get("stage") == stage)
 
 
 def ctx2k_steps(workdir: str) -> list[int]:

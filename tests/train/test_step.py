@@ -18,7 +18,7 @@ def _cfg(*overrides):
 
 
 def _batch(cfg):
-    it = synthetic.make_iterator(cfg, process_index=0, process_count=1)
+    it = synthetic.make_iterator(cfg, rows=range(cfg.train.batch_size))
     return next(it)
 
 
