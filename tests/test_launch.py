@@ -289,6 +289,12 @@ def test_launcher_end_to_end_writes_the_run_to_the_bucket(launched, gcs_server):
     assert any(o.startswith("run/checkpoints/main/4/") for o in objects), objects
     assert any("metrics" in o for o in objects), objects
     assert any("events.out.tfevents" in o for o in objects), objects
+    # The data cache was built once, by process 0, into the bucket; worker 1 read it from there.
+    out = launched["out"]
+    tokenized = [line for line in out.splitlines() if "data: tokenized task" in line]
+    assert len(tokenized) == 3 and all(line.startswith("[worker 0]") for line in tokenized), tokenized
+    assert {"bundled_zh", "bundled_en", "bundled_code"} == {line.split("'")[1] for line in tokenized}
+    assert any(o.startswith("run/data_cache/") and o.endswith("meta.json") for o in objects), objects
     # Nothing went to a local folder named after the URL, on any worker or here.
     local = [os.path.join(root, d) for top in [*launched["workers"], REPO] for root, dirs, _ in os.walk(top)
              for d in dirs if d.startswith("gs:")]
