@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Iterator
+from typing import Any
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -57,16 +57,12 @@ def join(path: str, *parts: str) -> str:
     return "/".join([str(path).rstrip("/"), *parts]) if is_url(path) else os.path.join(path, *parts)
 
 
-def parent(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
 
 
 def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] if is_url(path) else os.path.basename(path)
 
 
-def epath_of(path: str) -> epath.Path:
-    return epath.Path(path)
 
 
 def exists(path: str) -> bool:
@@ -126,8 +122,6 @@ def glob(pattern: str) -> list[str]:
     return sorted(glob_lib.glob(pattern))
 
 
-def read_bytes(path: str) -> bytes:
-    return epath.Path(path).read_bytes()
 
 
 def read_text(path: str) -> str:
@@ -184,22 +178,8 @@ def download(path: str, local_file: str) -> None:
     os.replace(tmp, local_file)
 
 
-def rmtree(path: str) -> None:
-    p = epath.Path(path)
-    if p.exists():
-        p.rmtree()
 
 
-def walk_files(path: str) -> Iterator[str]:
-    """Every file below `path`, recursively (paths as strings)."""
-    p = epath.Path(path)
-    if not p.exists():
-        return
-    for child in sorted(p.iterdir()):
-        if child.is_dir():
-            yield from walk_files(str(child))
-        else:
-            yield str(child)
 
 
 def check_writable(path: str, what: str) -> None:
