@@ -37,7 +37,7 @@ from glm_jax.train.step import BATCH_FIELDS, make_train_step
 
 MakeIterator = Callable[..., Any]
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
-                 "qkv_bias")
+                 "qkv_bias", "post_norms")
 
 
 class NonFiniteLossError(RuntimeError):
