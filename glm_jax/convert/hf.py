@@ -61,6 +61,8 @@ def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, nami
     `thudm_code` picks the remote code a THUDM config.json points at (hf_config.THUDM_CODE_REPOS)."""
     if dtype not in _NP_DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
+    if naming == "thudm":
+        hf_config.check_thudm_weights(cfg)  # what THUDM's code cannot run (its rotary fraction is fixed)
     tmp = _prepare_out_dir(out_dir)
     try:
         tensors = itertools.chain(keymap.export_tensors(params, cfg, naming, _NP_DTYPES[dtype]),
