@@ -9,6 +9,9 @@
 - `load_tokenizer(path)` picks the class from the file's content; `bundled_tokenizer()` is the
   small GLM-format tokenizer trained on the bundled corpus (data/tokenizer/, see
   data/train_tokenizer.py), used by configs/debug.py.
+- A params-only checkpoint made from released weights keeps their tokenizer files in
+  `CKPT/tokenizer/` (`checkpoint_tokenizer`); `fits_model` says whether a tokenizer can be the
+  one a model's (padded) vocabulary was made for.
 
 Special tokens are only ever produced by name (`special_id`); `encode` of plain text never
 yields one, even for text such as "<|user|>". Token id 0 is a real token (seqio's `pad_id` 0 is
@@ -41,6 +44,16 @@ GLM_SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", 
 CHATGLM3_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                            "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 BUNDLED_TOKENIZER = os.path.join(DATA_DIR, "tokenizer", "bundled.tiktoken")
+
+CHECKPOINT_TOKENIZER_DIR = "tokenizer"  # CKPT/tokenizer/: the weights' tokenizer files
+# The files of a checkpoint directory that describe its tokenizer (kept with the weights). The
+# first two are what `load_tokenizer` reads: GLM-4's tiktoken-format / ChatGLM3's SentencePiece
+# `tokenizer.model`, or the tiktoken file under the name our exports give it.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.tiktoken", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+# Released padded vocabularies are their tokenizer's ids rounded up by less than this
+# (GLM-4: 151,339 ids -> 151,552; ChatGLM3: 64,798 -> 65,024; the debug model: 4,096 -> 4,096).
+VOCAB_PADDING = 512
 
 
 def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
@@ -207,6 +220,22 @@ def load_tokenizer(path: str):
 @functools.lru_cache(maxsize=8)
 def _cached_glm(path: str) -> GLMTokenizer:
     return GLMTokenizer(path)
+
+
+def checkpoint_tokenizer(checkpoint_dir: str) -> str | None:
+    """The tokenizer file a checkpoint directory keeps in `tokenizer/` (what from-hf copies from
+    the released weights), or None when it keeps none."""
+    for name in TOKENIZER_FILES[:2]:
+        path = os.path.join(checkpoint_dir, CHECKPOINT_TOKENIZER_DIR, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def fits_model(vocab: seqio.Vocabulary, model_vocab_size: int) -> bool:
+    """True when `model_vocab_size` is `vocab`'s ids padded by less than VOCAB_PADDING, i.e. a
+    model of that vocabulary can have been made for this tokenizer."""
+    return vocab.vocab_size <= model_vocab_size < vocab.vocab_size + VOCAB_PADDING
 
 
 def bundled_tokenizer() -> GLMTokenizer:

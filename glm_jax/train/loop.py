@@ -211,10 +211,21 @@ def validate(stages: list[tuple[str, Config]]) -> None:
             raise ConfigError(f"stages.{name}.{e.field}", str(e).split(": ", 1)[1]) from None
 
 
+def _with_checkpoint_tokenizer(cfg: Config) -> Config:
+    """A run started from a params-only checkpoint that keeps its weights' tokenizer (from-hf
+    does) tokenizes with it, unless the config names one (`data.tokenizer`)."""
+    if not cfg.train.init_from or cfg.data.tokenizer:
+        return cfg
+    from glm_jax.data.tokenizer import checkpoint_tokenizer  # imports TensorFlow: only when needed
+
+    path = checkpoint_tokenizer(cfg.train.init_from)
+    return cfg if path is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=path))
+
+
 def run(cd, workdir: str, make_iterator: MakeIterator) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir`, resuming whatever was done there before."""
-    stages = config_lib.resolve_stages(cd)
+    stages = [(name, _with_checkpoint_tokenizer(c)) for name, c in config_lib.resolve_stages(cd)]
     workdir = os.path.abspath(workdir)
     ckpt_lib.write_stages(workdir, stages)
     validate(stages)
