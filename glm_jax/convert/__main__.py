@@ -120,7 +120,8 @@ def to_hf() -> None:
 def from_hf() -> None:
     from glm_jax import config
     from glm_jax.convert import hf
-    from glm_jax.data.tokenizer import CHECKPOINT_TOKENIZER_DIR, TOKENIZER_FILES
+    from glm_jax.data.errors import DataError
+    from glm_jax.data.tokenizer import CHECKPOINT_TOKENIZER_DIR, TOKENIZER_FILES, tiktoken_from_tokenizer_json
     from glm_jax.train.checkpoint import save_params
 
     if not _HF.value or not _OUT.value or _CONFIG.value is None:
@@ -138,6 +139,13 @@ def from_hf() -> None:
             os.makedirs(os.path.join(tmp, CHECKPOINT_TOKENIZER_DIR))
             for name in kept:
                 shutil.copyfile(os.path.join(_HF.value, name), os.path.join(tmp, CHECKPOINT_TOKENIZER_DIR, name))
+            if "tokenizer.json" in kept and not set(kept) & set(TOKENIZER_FILES[:2]):
+                try:  # transformers-only tokenizer (GLM-4-0414, *-hf): recover the tiktoken file it came from
+                    tiktoken_from_tokenizer_json(os.path.join(_HF.value, "tokenizer.json"),
+                                                 os.path.join(tmp, CHECKPOINT_TOKENIZER_DIR, "tokenizer.tiktoken"))
+                    kept.append("tokenizer.tiktoken (from tokenizer.json)")
+                except DataError as e:
+                    print(f"note: {e}; a run from this checkpoint needs --config.data.tokenizer", file=sys.stderr)
         if os.path.isdir(out):
             os.rmdir(out)
         os.replace(tmp, out)

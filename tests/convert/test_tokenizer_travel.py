@@ -92,3 +92,46 @@ def test_export_of_a_run_whose_tokenizer_does_not_fit_fails_naming_the_field(tmp
     assert proc.returncode == 2
     assert "config field `data.tokenizer`" in proc.stderr and "model.vocab_size=8192" in proc.stderr
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
+
+
+def _tokenizer_json(tiktoken_path, out_path):
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from glm_jax.data.tokenizer import GLM_SPECIAL_TOKENS, SPLIT_PATTERN
+
+    TikTokenConverter(vocab_file=tiktoken_path, pattern=SPLIT_PATTERN,
+                      extra_special_tokens=list(GLM_SPECIAL_TOKENS)).converted().save(out_path)
+    return out_path
+
+
+def test_a_transformers_only_tokenizer_is_kept_as_its_tiktoken_file(tmp_path):
+    # GLM-4-0414 ships tokenizer.json, no tokenizer.model: from-hf recovers the tiktoken file exactly
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), MODEL)
+    src, ckpt = tmp_path / "src", tmp_path / "ckpt"
+    hf.export(jax.tree.map(np.asarray, model.init_params(cfg.model, jax.random.key(0))), cfg.model, str(src))
+    small = _small_tiktoken(str(tmp_path / "small.tiktoken"))
+    _tokenizer_json(small, str(src / "tokenizer.json"))
+    _run("glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py", *[f"--config.{o}" for o in MODEL],
+         f"--out={ckpt}")
+    from glm_jax.data.tokenizer import checkpoint_tokenizer
+
+    kept = checkpoint_tokenizer(str(ckpt))
+    assert kept == str(ckpt / "tokenizer" / "tokenizer.tiktoken")
+    assert open(kept, "rb").read() == open(small, "rb").read()
+
+
+def test_tokenizer_json_that_is_not_glm4s_is_refused(tmp_path):
+    from glm_jax.data.errors import DataError
+    from glm_jax.data.tokenizer import tiktoken_from_tokenizer_json
+
+    path = _tokenizer_json(_small_tiktoken(str(tmp_path / "small.tiktoken")), str(tmp_path / "tokenizer.json"))
+    tok = json.load(open(path))
+    tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+"
+    json.dump(tok, open(tmp_path / "other_split.json", "w"))
+    with pytest.raises(DataError, match="pre-tokenizer split"):
+        tiktoken_from_tokenizer_json(str(tmp_path / "other_split.json"), str(tmp_path / "x"))
+    tok = json.load(open(path))
+    tok["model"]["merges"] = tok["model"]["merges"][::-1]
+    json.dump(tok, open(tmp_path / "merges.json", "w"))
+    with pytest.raises(DataError, match="rank order"):
+        tiktoken_from_tokenizer_json(str(tmp_path / "merges.json"), str(tmp_path / "x"))
