@@ -135,3 +135,18 @@ def test_tokenizer_json_that_is_not_glm4s_is_refused(tmp_path):
     json.dump(tok, open(tmp_path / "merges.json", "w"))
     with pytest.raises(DataError, match="rank order"):
         tiktoken_from_tokenizer_json(str(tmp_path / "merges.json"), str(tmp_path / "x"))
+
+
+def test_a_run_from_a_checkpoint_uses_its_tokenizer_unless_the_config_names_one(tmp_path):
+    import dataclasses
+
+    from glm_jax.train import loop
+
+    (tmp_path / "tokenizer").mkdir()
+    kept = _small_tiktoken(str(tmp_path / "tokenizer" / "tokenizer.model"))
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), [f"train.init_from={str(tmp_path)!r}"])
+    assert loop._with_checkpoint_tokenizer(cfg).data.tokenizer == kept
+    named = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=BUNDLED_TOKENIZER))
+    assert loop._with_checkpoint_tokenizer(named).data.tokenizer == BUNDLED_TOKENIZER
+    fresh = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=""))
+    assert loop._with_checkpoint_tokenizer(fresh).data.tokenizer == ""
