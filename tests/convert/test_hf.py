@@ -122,7 +122,8 @@ def test_wrong_config_is_refused_and_nothing_is_written(tmp_path):
         hf.import_dir(src, wrong)
     with_config = str(tmp_path / "with_config")
     hf.export(_random_params(cfg), cfg, with_config)
-    with pytest.raises(keymap.ConversionError, match=r"rope_ratio=3.0 but config 'tiny' has model.rope_ratio=500.0.*fix model.rope_ratio"):
+    with pytest.raises(keymap.ConversionError,
+                       match=r"rope_ratio=3.0 but config 'tiny' has model.rope_ratio=500.0.*fix model.rope_ratio"):
         hf.import_dir(with_config, tiny_model(rope_ratio=500.0))
     out = tmp_path / "out"
     with pytest.raises(keymap.ConversionError, match="naming"):
