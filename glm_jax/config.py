@@ -61,6 +61,7 @@ class ModelConfig:
     rotary_fraction: float = 0.5  # rotary on the first fraction of each head's dims
     max_seq_len: int = 8192
     qkv_bias: bool = True
+    post_norms: bool = False  # GLM-4-0414: RMSNorm on the attention and MLP outputs before each residual add
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
     init_std: float = 0.02

@@ -11,6 +11,7 @@ and shape (and config.json's rope theta, eps, ...) against the config before rea
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -51,19 +52,25 @@ def _commit_out_dir(tmp: str, out_dir: str) -> None:
 
 def export(params: Mapping | LeafReader, cfg: ModelConfig, out_dir: str, *, naming: str = "hf", dtype: str = "float32",
            eos_token_ids: list[int] | None = None, pad_token_id: int | None = None,
-           extra_files: Mapping[str, str] | None = None, max_shard_bytes: int = 2 << 30) -> None:
+           extra_files: Mapping[str, str] | None = None, max_shard_bytes: int = 2 << 30,
+           thudm_code: str = "glm4") -> None:
     """Writes sharded safetensors + index, config.json and generation_config.json to `out_dir`.
 
     `params` is the tree or a `LeafReader` (asked for a layer at a time, see keymap.export_tensors).
-    `extra_files` maps file names to source paths copied alongside (e.g. tokenizer files)."""
+    `extra_files` maps file names to source paths copied alongside (e.g. tokenizer files);
+    `thudm_code` picks the remote code a THUDM config.json points at (hf_config.THUDM_CODE_REPOS)."""
     if dtype not in _NP_DTYPES:
         raise ConversionError(f"--dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
+    if naming == "thudm":
+        hf_config.check_thudm_weights(cfg)  # what THUDM's code cannot run (its rotary fraction is fixed)
     tmp = _prepare_out_dir(out_dir)
     try:
-        tensors = keymap.export_tensors(params, cfg, naming, _NP_DTYPES[dtype])
+        tensors = itertools.chain(keymap.export_tensors(params, cfg, naming, _NP_DTYPES[dtype]),
+                                  keymap.derived_buffers(cfg, naming, _NP_DTYPES[dtype]))
         safetensors_dir.write_sharded(tmp, tensors, max_shard_bytes)
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf_config.to_hf_config(cfg, naming, dtype, eos_token_ids, pad_token_id), f, indent=2)
+            json.dump(hf_config.to_hf_config(cfg, naming, dtype, eos_token_ids, pad_token_id, thudm_code), f,
+                      indent=2)
         generation = {"do_sample": False}
         if eos_token_ids:
             generation["eos_token_id"] = eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]
@@ -90,7 +97,10 @@ def dir_reader(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> Leaf
         with open(config_path) as f:
             hf_config.check_against(json.load(f), cfg)
     shapes, get_tensor = safetensors_dir.read_index(hf_dir)
-    return keymap.import_reader(get_tensor, shapes, cfg, naming or detect_naming(list(shapes)))
+    naming = naming or detect_naming(list(shapes))
+    if naming == "thudm":
+        hf_config.check_thudm_weights(cfg)  # THUDM's code fixes the rotary fraction: shapes cannot show it
+    return keymap.import_reader(get_tensor, shapes, cfg, naming)
 
 
 def import_dir(hf_dir: str, cfg: ModelConfig, naming: str | None = None) -> dict:

@@ -1,12 +1,14 @@
 """The declared key map between our parameter tree and PyTorch checkpoints.
 
 Two namings:
-  "hf"    transformers' `GlmForCausalLM` (model.layers.N.self_attn.q_proj, mlp.gate_up_proj, ...)
+  "hf"    transformers' `GlmForCausalLM` (model.layers.N.self_attn.q_proj, mlp.gate_up_proj, ...), or
+          `Glm4ForCausalLM` with `post_norms` (GLM-4-0414: + post_self_attn_layernorm, post_mlp_layernorm)
   "thudm" the released THUDM checkpoints (transformer.encoder.layers.N.self_attention.query_key_value
           with fused [Q | K | V] rows, mlp.dense_h_to_4h, ...)
 
 Each `TensorMap` ties one external tensor to one or more of our leaves and says how to reshape
-in both directions; per-layer entries index the stacked `layers` axis. Shapes are checked
+in both directions; per-layer entries index the stacked `layers` axis (which leaves are stacked
+comes from the spec tree's logical axes, `model.spec.is_stacked`). Shapes are checked
 against the spec tree on import; a mismatch names the tensor and both shapes. Both directions
 go through a `LeafReader` (train.checkpoint) so that a stacked leaf moves one layer at a time.
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax.config import ModelConfig
-from glm_jax.model.spec import param_specs
+from glm_jax.model.spec import is_stacked, param_specs
 
 if TYPE_CHECKING:
     from glm_jax.train.checkpoint import LeafReader
@@ -43,9 +45,15 @@ class TensorMap:
     to_ext: Callable[..., np.ndarray]  # (*our arrays, cfg) -> external array
     from_ext: Callable[..., tuple[np.ndarray, ...]]  # (external array, cfg) -> our arrays
 
+    def __post_init__(self):
+        stacked = {is_stacked(p) for p in self.leaves}
+        if len(stacked) != 1 or stacked.pop() != ("{i}" in self.name):
+            raise AssertionError(f"key map entry {self.name!r}: a per-layer name ('{{i}}') must map to stacked "
+                                 f"leaves only, and only those: {self.leaves}")
+
     @property
     def per_layer(self) -> bool:
-        return "{i}" in self.name
+        return is_stacked(self.leaves[0])
 
 
 def _same(a, cfg):
@@ -121,10 +129,20 @@ def tensor_maps(cfg: ModelConfig, naming: str) -> list[TensorMap]:
             TensorMap(lp + "post_attention_layernorm.weight", (_L + ("mlp_norm", "scale"),), _same, _one(_same)),
             TensorMap(lp + "mlp.gate_up_proj.weight", (_L + ("mlp", "wi", "kernel"),), _wi_to, _wi_from),
             TensorMap(lp + "mlp.down_proj.weight", wo, _t, _one(_t)),
+        ]
+        if cfg.post_norms:  # Glm4ForCausalLM (GLM-4-0414)
+            maps += [TensorMap(lp + "post_self_attn_layernorm.weight", (_L + ("attn_post_norm", "scale"),), _same,
+                               _one(_same)),
+                     TensorMap(lp + "post_mlp_layernorm.weight", (_L + ("mlp_post_norm", "scale"),), _same,
+                               _one(_same))]
+        maps += [
             TensorMap("model.norm.weight", (("final_norm", "scale"),), _same, _one(_same)),
             TensorMap("lm_head.weight", (("output", "kernel"),), _t, _one(_t)),
         ]
         return maps
+    if cfg.post_norms:
+        raise ConversionError(f"config {cfg.name!r} has model.post_norms=True (GLM-4-0414), which THUDM's ChatGLM "
+                              f"checkpoints cannot represent; use naming 'hf' (--naming=hf, Glm4ForCausalLM)")
     lp = "transformer.encoder.layers.{i}."
     qkv = lambda leaf: tuple(_L + ("attn", n, leaf) for n in "qkv")  # noqa: E731
     maps = [TensorMap("transformer.embedding.word_embeddings.weight", (("embed", "embedding"),), _same, _one(_same)),
@@ -143,8 +161,22 @@ def tensor_maps(cfg: ModelConfig, naming: str) -> list[TensorMap]:
     return maps
 
 
-# Buffers some checkpoints carry that are derived, not learned (rotary inv_freq).
+# Buffers some checkpoints carry that are derived, not learned (rotary inv_freq): ignored on import.
 IGNORED_SUFFIXES = ("rotary_pos_emb.inv_freq", "rotary_emb.inv_freq")
+THUDM_INV_FREQ = "transformer.rotary_pos_emb.inv_freq"
+
+
+def derived_buffers(cfg: ModelConfig, naming: str, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+    """The derived tensors a released checkpoint of `naming` carries besides the learned ones.
+
+    THUDM: `transformer.rotary_pos_emb.inv_freq` [R/2] (R = rotary dims = kv_channels / 2), the
+    buffer THUDM's RotaryEmbedding registers: 1 / 10000^(2i / R) for i < R/2. Its forward
+    takes only the dtype and device from it and builds its angles from rope_ratio, so this is
+    carried for fidelity to the released file list, not read back."""
+    if naming == "thudm":
+        R = cfg.rotary_dim
+        inv_freq = 1.0 / (10000.0 ** (np.arange(0, R, 2, dtype=np.float32) / R))
+        yield THUDM_INV_FREQ, np.ascontiguousarray(inv_freq, dtype=dtype)
 
 
 def _get(tree: Mapping, path: Path):

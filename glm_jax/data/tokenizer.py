@@ -9,6 +9,9 @@
 - `load_tokenizer(path)` picks the class from the file's content; `bundled_tokenizer()` is the
   small GLM-format tokenizer trained on the bundled corpus (data/tokenizer/, see
   data/train_tokenizer.py), used by configs/debug.py.
+- A params-only checkpoint made from released weights keeps their tokenizer files in
+  `CKPT/tokenizer/` (`checkpoint_tokenizer`); `fits_model` says whether a tokenizer can be the
+  one a model's (padded) vocabulary was made for.
 
 Special tokens are only ever produced by name (`special_id`); `encode` of plain text never
 yields one, even for text such as "<|user|>". Token id 0 is a real token (seqio's `pad_id` 0 is
@@ -41,6 +44,16 @@ GLM_SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", 
 CHATGLM3_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                            "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 BUNDLED_TOKENIZER = os.path.join(DATA_DIR, "tokenizer", "bundled.tiktoken")
+
+CHECKPOINT_TOKENIZER_DIR = "tokenizer"  # CKPT/tokenizer/: the weights' tokenizer files
+# The files of a checkpoint directory that describe its tokenizer (kept with the weights). The
+# first two are what `load_tokenizer` reads: GLM-4's tiktoken-format / ChatGLM3's SentencePiece
+# `tokenizer.model`, or the tiktoken file under the name our exports give it.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.tiktoken", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "generation_config.json")
+# Released padded vocabularies are their tokenizer's ids rounded up by less than this
+# (GLM-4: 151,339 ids -> 151,552; ChatGLM3: 64,798 -> 65,024; the debug model: 4,096 -> 4,096).
+VOCAB_PADDING = 512
 
 
 def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
@@ -207,6 +220,75 @@ def load_tokenizer(path: str):
 @functools.lru_cache(maxsize=8)
 def _cached_glm(path: str) -> GLMTokenizer:
     return GLMTokenizer(path)
+
+
+def checkpoint_tokenizer(checkpoint_dir: str) -> str | None:
+    """The tokenizer file a checkpoint directory keeps in `tokenizer/` (what from-hf copies from
+    the released weights), or None when it keeps none."""
+    for name in TOKENIZER_FILES[:2]:
+        path = os.path.join(checkpoint_dir, CHECKPOINT_TOKENIZER_DIR, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of byte-level BPE's printable-unicode alphabet for the 256 bytes (GPT-2's)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def tiktoken_from_tokenizer_json(src: str, dst: str) -> int:
+    """Writes the GLM-format tiktoken file (`base64 rank` per line) that a transformers
+    `tokenizer.json` of a GLM-4 tokenizer was made from (what GLM-4-0414 and the -hf checkpoints
+    ship instead of `tokenizer.model`); returns the number of ranks.
+
+    Exact for byte-level BPE whose ids are the ranks and whose merges come in rank order (how
+    transformers converts tiktoken files); anything else, or specials other than GLM's, raises
+    DataError naming the file."""
+    import json
+
+    with open(src, encoding="utf-8") as f:
+        tok = json.load(f)
+    bpe = tok.get("model") or {}
+    if bpe.get("type") != "BPE":
+        raise DataError(f"{src}: model type {bpe.get('type')!r}, not the byte-level BPE of a GLM-4 tokenizer")
+    splits = [p["pattern"].get("Regex") for p in (tok.get("pre_tokenizer") or {}).get("pretokenizers", [])
+              if p.get("type") == "Split"]
+    if splits != [SPLIT_PATTERN]:
+        raise DataError(f"{src}: pre-tokenizer split {splits!r} is not GLM-4's {SPLIT_PATTERN!r}")
+    vocab, decode = bpe["vocab"], _byte_decoder()
+    specials = sorted((t["id"], t["content"]) for t in tok.get("added_tokens", []) if t.get("special"))
+    num_ranks = len(vocab)
+    if sorted(vocab.values()) != list(range(num_ranks)):
+        raise DataError(f"{src}: BPE ids are not 0..{num_ranks - 1}; not a tiktoken-derived GLM tokenizer")
+    named = [name for _, name in specials[:len(GLM_SPECIAL_TOKENS)]]
+    if named != list(GLM_SPECIAL_TOKENS) or specials[0][0] != num_ranks:
+        raise DataError(f"{src}: specials {named} from id {specials[0][0] if specials else None} are not GLM's "
+                        f"{list(GLM_SPECIAL_TOKENS)} from id {num_ranks}")
+    merged = [vocab["".join(m) if isinstance(m, list) else m.replace(" ", "")] for m in bpe.get("merges", [])]
+    if merged != sorted(merged):
+        raise DataError(f"{src}: merges are not in rank order; not a tiktoken-derived GLM tokenizer")
+    try:
+        lines = sorted((i, bytes(decode[c] for c in token)) for token, i in vocab.items())
+    except KeyError as e:
+        raise DataError(f"{src}: token with a character {e} outside byte-level BPE's alphabet") from None
+    with open(dst, "wb") as f:
+        f.writelines(base64.b64encode(b) + b" " + str(i).encode() + b"\n" for i, b in lines)
+    return num_ranks
+
+
+def fits_model(vocab: seqio.Vocabulary, model_vocab_size: int) -> bool:
+    """True when `model_vocab_size` is `vocab`'s ids padded by less than VOCAB_PADDING, i.e. a
+    model of that vocabulary can have been made for this tokenizer."""
+    return vocab.vocab_size <= model_vocab_size < vocab.vocab_size + VOCAB_PADDING
 
 
 def bundled_tokenizer() -> GLMTokenizer:

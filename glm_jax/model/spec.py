@@ -14,6 +14,7 @@ Parameter tree (letters: L layers, D hidden, H heads, K kv heads, E head dim, F 
     layers.mlp_norm.scale      [L, D]
     layers.mlp.wi.kernel       [L, D, 2, F]       (index 0 of the `2` axis is the SwiGLU gate)
     layers.mlp.wo.kernel       [L, F, D]
+    layers.attn_post_norm.scale, layers.mlp_post_norm.scale [L, D]   (only with `post_norms`: GLM-4-0414)
     final_norm.scale           [D]
     output.kernel              [D, V]             (untied from the embedding)
 """
@@ -21,6 +22,7 @@ Parameter tree (letters: L layers, D hidden, H heads, K kv heads, E head dim, F 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 
 from glm_jax.config import ModelConfig
 
+LAYERS_AXIS = "layers"  # the logical axis of the stacked (scanned) layers
 INITIALIZERS = ("normal", "zeros", "ones")
 
 
@@ -58,22 +61,26 @@ def param_specs(cfg: ModelConfig) -> dict:
             out["bias"] = spec((L, heads, E), ("layers", heads_axis, "head_dim"), "zeros")
         return out
 
+    layers = {
+        "attn_norm": {"scale": spec((L, D), ("layers", None), "ones")},
+        "attn": {
+            "q": proj(H, "heads"),
+            "k": proj(K, "kv_heads"),
+            "v": proj(K, "kv_heads"),
+            "o": {"kernel": spec((L, H, E, D), ("layers", "heads", "head_dim", "embed"))},
+        },
+        "mlp_norm": {"scale": spec((L, D), ("layers", None), "ones")},
+        "mlp": {
+            "wi": {"kernel": spec((L, D, 2, F), ("layers", "embed", None, "mlp"))},
+            "wo": {"kernel": spec((L, F, D), ("layers", "mlp", "embed"))},
+        },
+    }
+    if cfg.post_norms:
+        layers["attn_post_norm"] = {"scale": spec((L, D), ("layers", None), "ones")}
+        layers["mlp_post_norm"] = {"scale": spec((L, D), ("layers", None), "ones")}
     return {
         "embed": {"embedding": spec((V, D), ("vocab", "embed"))},
-        "layers": {
-            "attn_norm": {"scale": spec((L, D), ("layers", None), "ones")},
-            "attn": {
-                "q": proj(H, "heads"),
-                "k": proj(K, "kv_heads"),
-                "v": proj(K, "kv_heads"),
-                "o": {"kernel": spec((L, H, E, D), ("layers", "heads", "head_dim", "embed"))},
-            },
-            "mlp_norm": {"scale": spec((L, D), ("layers", None), "ones")},
-            "mlp": {
-                "wi": {"kernel": spec((L, D, 2, F), ("layers", "embed", None, "mlp"))},
-                "wo": {"kernel": spec((L, F, D), ("layers", "mlp", "embed"))},
-            },
-        },
+        "layers": layers,
         "final_norm": {"scale": spec((D,), (None,), "ones")},
         "output": {"kernel": spec((D, V), ("embed", "vocab"))},
     }
@@ -81,6 +88,23 @@ def param_specs(cfg: ModelConfig) -> dict:
 
 def _is_spec(x) -> bool:
     return isinstance(x, ParamSpec)
+
+
+@functools.lru_cache(maxsize=None)
+def _stacked_paths() -> frozenset[tuple[str, ...]]:
+    # Which leaves are stacked depends on the tree's structure, not on sizes: read it off a tiny
+    # spec tree that has every optional leaf (biases, post-norms).
+    full = ModelConfig(name="structure", vocab_size=8, hidden_size=8, num_layers=1, num_heads=1, kv_groups=1,
+                       head_dim=2, ffn_hidden_size=8, rotary_fraction=1.0, qkv_bias=True, post_norms=True)
+    flat = jax.tree_util.tree_flatten_with_path(param_specs(full), is_leaf=_is_spec)[0]
+    return frozenset(tuple(k.key for k in kp) for kp, s in flat if s.logical_axes[:1] == (LAYERS_AXIS,))
+
+
+def is_stacked(path: tuple[str, ...]) -> bool:
+    """True when the leaf at `path` (e.g. ("layers", "mlp", "wi", "kernel")) carries a leading
+    `layers` logical axis in the spec tree, i.e. holds one slice per layer along axis 0. Derived
+    from the spec tree's logical axes; checkpoints and the converter key map ask this."""
+    return tuple(path) in _stacked_paths()
 
 
 def param_count(cfg: ModelConfig) -> int:

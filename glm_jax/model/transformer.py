@@ -1,5 +1,9 @@
 """GLM-4 forward pass: embed -> L x (pre-norm attention, pre-norm SwiGLU) -> final norm -> output.
 
+With `cfg.post_norms` (GLM-4-0414) each sublayer's output is RMS-normed again before its residual
+add: x + norm(attn(norm(x))), then x + norm(mlp(norm(x))) (transformers' Glm4: post_self_attn_layernorm,
+post_mlp_layernorm).
+
     forward(params, tokens, cfg, positions=None, segment_ids=None) -> logits [B, T, V] fp32
 
 Letters: B batch, T sequence, D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
@@ -55,10 +59,14 @@ def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Cal
         a, aux = attend(q, k, v)
         a = constrain(a, ("batch", "seq", "heads", "head_dim"))
         out = jnp.einsum("bthe,hed->btd", a, attn["o"]["kernel"].astype(dt))
+        if cfg.post_norms:  # GLM-4-0414: normalize the sublayer's output before the residual add
+            out = rms_norm(out, layer["attn_post_norm"]["scale"], cfg.rms_norm_eps)
         x = x + checkpoint_name(constrain(out, _ACT), "attn_out")
     with jax.named_scope("mlp"):
         h = rms_norm(x, layer["mlp_norm"]["scale"], cfg.rms_norm_eps)
         out = swiglu_mlp(h, layer["mlp"]["wi"]["kernel"], layer["mlp"]["wo"]["kernel"])
+        if cfg.post_norms:
+            out = rms_norm(out, layer["mlp_post_norm"]["scale"], cfg.rms_norm_eps)
         x = x + checkpoint_name(constrain(out, _ACT), "mlp_out")
     return x, aux
 

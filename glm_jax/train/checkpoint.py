@@ -54,7 +54,7 @@ slice of a stacked leaf ([D, 2, F] of [L, D, 2, F]). Converters stream through t
 
 
 def _stacked(path: Path) -> bool:
-    return path[0] == "layers"  # the scanned blocks: every leaf there has a leading L axis
+    return spec.is_stacked(path)  # a leading `layers` logical axis in the spec tree: one slice per layer
 
 
 def _keys(keypath) -> Path:

@@ -225,12 +225,24 @@ def _with_shared_cache(cfg: Config, workdir: str) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=storage.join(workdir, "data_cache")))
 
 
+def _with_checkpoint_tokenizer(cfg: Config) -> Config:
+    """A run started from a params-only checkpoint that keeps its weights' tokenizer (from-hf
+    does) tokenizes with it, unless the config names one (`data.tokenizer`)."""
+    if not cfg.train.init_from or cfg.data.tokenizer:
+        return cfg
+    from glm_jax.data.tokenizer import checkpoint_tokenizer  # imports TensorFlow: only when needed
+
+    path = checkpoint_tokenizer(cfg.train.init_from)
+    return cfg if path is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=path))
+
+
 def run(cd, workdir: str, make_iterator: MakeIterator,
         prepare_data: Callable[[Config], Any] | None = None) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir` (local or gs://), resuming whatever was done there before."""
     workdir = storage.resolve(workdir)
-    stages = [(name, _with_shared_cache(cfg, workdir)) for name, cfg in config_lib.resolve_stages(cd)]
+    stages = [(name, _with_shared_cache(_with_checkpoint_tokenizer(cfg), workdir))
+              for name, cfg in config_lib.resolve_stages(cd)]
     validation.check_run(stages, workdir, num_devices=jax.device_count(), num_processes=jax.process_count())
     ckpt_lib.write_stages(workdir, stages)
     _prepare(stages, prepare_data)

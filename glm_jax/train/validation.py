@@ -28,7 +28,7 @@ RESUMABLE_CHANGES = {
     "data": {"num_workers", "read_threads", "cache_dir"},
 }
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
-                "qkv_bias")
+                "qkv_bias", "post_norms")
 
 
 def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1) -> None:

@@ -87,7 +87,7 @@ def test_wrong_config_is_named_and_nothing_written(trained, tmp_path):
     proc = _run("glm_jax.convert", "from-hf", f"--hf={hf_dir}", "--config=configs/chatglm3_6b.py", f"--out={out}",
                 check=False)
     assert proc.returncode == 2
-    assert "vocab_size=4096 but config 'chatglm3_6b' has 65024" in proc.stderr
+    assert "vocab_size=4096 but config 'chatglm3_6b' has model.vocab_size=65024" in proc.stderr
     os.remove(hf_dir / "config.json")  # without config.json the shapes name the first bad tensor
     proc = _run("glm_jax.convert", "from-hf", f"--hf={hf_dir}", "--config=configs/chatglm3_6b.py", f"--out={out}",
                 check=False)

@@ -92,9 +92,11 @@ def test_thudm_round_trip_and_official_key_list(tmp_path):
     params = _random_params(cfg)
     out = str(tmp_path / "thudm")
     hf.export(params, cfg, out, naming="thudm")
-    names, _ = safetensors_dir.read_index(out)
-    # The official index also lists the derived rotary inv_freq buffer, which we do not store.
-    assert sorted([*names, "transformer.rotary_pos_emb.inv_freq"]) == _official_glm4_keys(2)
+    names, get = safetensors_dir.read_index(out)
+    assert sorted(names) == _official_glm4_keys(2)  # including the derived rotary inv_freq buffer
+    R = cfg.rotary_dim  # THUDM's RotaryEmbedding(kv_channels // 2): 1 / 10000^(2i / R)
+    np.testing.assert_allclose(get("transformer.rotary_pos_emb.inv_freq"),
+                               1.0 / 10000.0 ** (np.arange(0, R, 2) / R), rtol=1e-6)
     back = hf.import_dir(out, cfg)  # naming detected from the names
     jax.tree.map(np.testing.assert_array_equal, params, back)
     assert json.load(open(os.path.join(out, "config.json")))["multi_query_group_num"] == cfg.num_kv_heads
@@ -120,7 +122,8 @@ def test_wrong_config_is_refused_and_nothing_is_written(tmp_path):
         hf.import_dir(src, wrong)
     with_config = str(tmp_path / "with_config")
     hf.export(_random_params(cfg), cfg, with_config)
-    with pytest.raises(keymap.ConversionError, match="rope_theta=30000.0.*model.rope_ratio"):
+    with pytest.raises(keymap.ConversionError,
+                       match=r"rope_ratio=3.0 but config 'tiny' has model.rope_ratio=500.0.*fix model.rope_ratio"):
         hf.import_dir(with_config, tiny_model(rope_ratio=500.0))
     out = tmp_path / "out"
     with pytest.raises(keymap.ConversionError, match="naming"):

@@ -53,3 +53,19 @@ def test_cli_prints_table_and_count_without_allocating():
                          check=True).stdout
     assert "total parameters: 9,399,951,360" in out
     assert "layers.attn.q.kernel" in out and "40x4096x32x128" in out and "layers,embed,heads,head_dim" in out
+
+
+def test_stacked_leaves_are_exactly_those_with_a_leading_layers_axis():
+    from glm_jax.convert import keymap
+    from glm_jax.model import spec
+
+    cfg = tiny_model(post_norms=True)
+    flat = jax.tree_util.tree_flatten_with_path(spec.param_specs(cfg), is_leaf=lambda x: isinstance(x, spec.ParamSpec))
+    for kp, s in flat[0]:
+        path = tuple(k.key for k in kp)
+        assert spec.is_stacked(path) == (s.logical_axes[0] == "layers"), path
+    # the key map derives "per layer" from it, and a name that disagrees is a declaration error
+    with pytest.raises(AssertionError, match="per-layer name"):
+        keymap.TensorMap("model.norm.{i}.weight", (("final_norm", "scale"),), None, None)
+    with pytest.raises(AssertionError, match="per-layer name"):
+        keymap.TensorMap("model.input_layernorm.weight", (("layers", "attn_norm", "scale"),), None, None)
