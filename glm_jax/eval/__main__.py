@@ -13,7 +13,6 @@ Writes OUT.json and OUT.png (accuracy heatmap, depth x length) and prints a tabl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 

@@ -3,7 +3,6 @@ nothing on a local `gs:` path, and it resumes, restores and streams params from 
 
 import os
 
-import jax
 import numpy as np
 import pytest
 
