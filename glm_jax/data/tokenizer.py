@@ -32,6 +32,7 @@ import seqio
 import tensorflow as tf
 import tiktoken
 
+from glm_jax import storage
 from glm_jax.data.errors import DataError
 from glm_jax.data.paths import DATA_DIR
 
@@ -201,8 +202,24 @@ class ChatGLM3Tokenizer(seqio.SentencePieceVocabulary):
         return "".join(out)
 
 
+def _local_copy(url: str) -> str:
+    """A gs:// tokenizer file as a local file (tiktoken and SentencePiece read local paths): downloaded
+    once into ~/.cache/glm_jax/tokenizers/, named by the URL and the object's size and mtime."""
+    if not storage.isfile(url):
+        raise DataError(f"tokenizer file {url!r} does not exist (set data.tokenizer to an existing file)")
+    size, mtime = storage.stat(url)
+    key = hashlib.sha256(f"{url}|{size}|{mtime}".encode()).hexdigest()[:16]
+    local = os.path.join(os.path.expanduser("~"), ".cache", "glm_jax", "tokenizers", f"{key}-{storage.basename(url)}")
+    if not os.path.isfile(local):
+        storage.download(url, local)
+    return local
+
+
 def load_tokenizer(path: str):
-    """A GLM-format (tiktoken) or SentencePiece tokenizer, chosen from the file's content."""
+    """A GLM-format (tiktoken) or SentencePiece tokenizer, chosen from the file's content; `path`
+    may be a gs:// URL."""
+    if storage.is_url(path):
+        path = _local_copy(path)
     if not os.path.isfile(path):
         raise DataError(f"tokenizer file {path!r} does not exist (set data.tokenizer to a tiktoken-format "
                         f"file such as GLM-4's tokenizer.model, a SentencePiece .model, or '' for the "
@@ -226,8 +243,8 @@ def checkpoint_tokenizer(checkpoint_dir: str) -> str | None:
     """The tokenizer file a checkpoint directory keeps in `tokenizer/` (what from-hf copies from
     the released weights), or None when it keeps none."""
     for name in TOKENIZER_FILES[:2]:
-        path = os.path.join(checkpoint_dir, CHECKPOINT_TOKENIZER_DIR, name)
-        if os.path.isfile(path):
+        path = storage.join(storage.resolve(checkpoint_dir), CHECKPOINT_TOKENIZER_DIR, name)
+        if storage.isfile(path):
             return path
     return None
 

@@ -62,3 +62,15 @@ def test_a_missing_bucket_is_named_before_anything_runs(gcs_server):
     with pytest.raises(storage.StorageError, match="bucket gs://no-such-bucket does not exist"):
         loop.run(_cd(), "gs://no-such-bucket/run", make_iterator=lambda cfg, **kw: calls.append(1))
     assert not calls
+
+
+def test_a_tokenizer_file_in_the_bucket_loads_like_the_local_one(gcs_bucket):
+    from glm_jax.data.tokenizer import BUNDLED_TOKENIZER, load_tokenizer
+
+    url = f"{gcs_bucket}/tokenizers/bundled.tiktoken"
+    storage.write_bytes(url, open(BUNDLED_TOKENIZER, "rb").read())
+    text = "GLM-4 在 TPU 上训练 tokens"
+    local, remote = load_tokenizer(BUNDLED_TOKENIZER), load_tokenizer(url)
+    assert remote.encode(text) == local.encode(text) and remote.fingerprint == local.fingerprint
+    with pytest.raises(Exception, match="does not exist"):
+        load_tokenizer(f"{gcs_bucket}/tokenizers/missing.tiktoken")

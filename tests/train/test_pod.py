@@ -168,7 +168,7 @@ def test_one_row_shared_by_two_processes_trains_like_one_process(gcs_bucket, cac
     for step in a:
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5)
         assert b[step]["grad_norm"] == pytest.approx(a[step]["grad_norm"], rel=1e-5)
-    assert storage.listdir(f"{two}/checkpoints/main/3/data") == ["row_0.json"]  # one writer for the shared row
+    assert [f for f in storage.listdir(f"{two}/checkpoints/main/3/data") if f.startswith("row_")] == ["row_0.json"]
     from glm_jax.train import checkpoint
 
     pa, _ = checkpoint.restore_params(one)
