@@ -291,6 +291,11 @@ def test_launcher_end_to_end_writes_the_run_to_the_bucket(launched, gcs_server):
     assert any(o.startswith("run/checkpoints/main/4/") for o in objects), objects
     assert any("metrics" in o for o in objects), objects
     assert any("events.out.tfevents" in o for o in objects), objects
+    # The tokenized data cache is shared too: no worker built one on its own disk (the default
+    # ~/.cache/glm_jax/data is per host on a pod, so process 1 would find nothing there).
+    for worker in launched["workers"]:
+        local_cache = worker / "home" / ".cache" / "glm_jax" / "data"
+        assert not local_cache.exists() or os.listdir(local_cache) == [], os.listdir(local_cache)
     # Nothing went to a local folder named after the URL, on any worker or here.
     local = [os.path.join(root, d) for top in [*launched["workers"], REPO] for root, dirs, _ in os.walk(top)
              for d in dirs if d.startswith("gs:")]
