@@ -174,7 +174,7 @@ def test_gcloud_standin_runs_ssh_on_every_worker_with_tpu_env(tmp_path, accelera
               'echo "$TPU_WORKER_ID" > mine; exit $((TPU_WORKER_ID * 3))')
     ssh = _gcloud(env, "compute", "tpus", "tpu-vm", "ssh", "n", "--zone=z", "--worker=all", f"--command={script}")
     assert ssh.returncode == (3 if hosts > 1 else 0), ssh.stderr
-    assert "no mount namespaces" not in ssh.stderr
+    assert "no mount namespaces" not in ssh.stderr, ssh.stderr  # same paths need unshare -m or -Urm
     lines = sorted(ssh.stdout.splitlines())
     assert len(lines) == hosts
     coordinators = set()
