@@ -171,9 +171,10 @@ def test_gcloud_standin_runs_ssh_on_every_worker_with_tpu_env(tmp_path, accelera
                    "--worker=all").returncode == 0
     script = ('echo "$TPU_WORKER_ID $JAX_PROCESS_ID $JAX_NUM_PROCESSES $JAX_COORDINATOR_ADDRESS $XLA_FLAGS '
               '$JAX_PLATFORMS ${PYTHONPATH:-none} $(cat sub/f.txt) $(pwd) $HOME $(command -v python3)"; '
-              'exit $((TPU_WORKER_ID * 3))')
+              'echo "$TPU_WORKER_ID" > mine; exit $((TPU_WORKER_ID * 3))')
     ssh = _gcloud(env, "compute", "tpus", "tpu-vm", "ssh", "n", "--zone=z", "--worker=all", f"--command={script}")
     assert ssh.returncode == (3 if hosts > 1 else 0), ssh.stderr
+    assert "no mount namespaces" not in ssh.stderr, ssh.stderr  # same paths need unshare -m or -Urm
     lines = sorted(ssh.stdout.splitlines())
     assert len(lines) == hosts
     coordinators = set()
@@ -184,7 +185,10 @@ def test_gcloud_standin_runs_ssh_on_every_worker_with_tpu_env(tmp_path, accelera
         assert (prefix, wid, pid, n) == (f"[worker {i}", str(i), str(i), str(hosts))
         assert (xla, plat, pypath, payload) == (f"--xla_force_host_platform_device_count={per_host}", "cpu", "none",
                                                 "payload")
-        assert cwd == home == str(worker / "home") and python == str(worker / "image" / "bin" / "python3")
+        # Same paths on every worker, as on a slice's VMs; what each writes stays on its own disk.
+        vm = tmp_path / "state" / "tpus" / "n" / "vm"
+        assert cwd == home == str(vm / "home") and python == str(vm / "image" / "bin" / "python3")
+        assert (worker / "home" / "mine").read_text() == f"{i}\n"
         coordinators.add(coord)
     assert len(coordinators) == 1 and coordinators.pop().startswith("127.0.0.1:")
     assert "NOT_FOUND" in _gcloud(env, "compute", "tpus", "tpu-vm", "ssh", "other", "--zone=z", "--worker=all",
@@ -244,7 +248,7 @@ def launched(gcs_server, tmp_path_factory):
         log.seek(0)
         out = log.read()
     return dict(returncode=proc.returncode, out=out, log=tmp / "launch.log", bucket=bucket, venv_before=venv_before,
-                workers=[tmp / "state" / "tpus" / "t" / f"worker-{i}" for i in range(2)])
+                env=env, workers=[tmp / "state" / "tpus" / "t" / f"worker-{i}" for i in range(2)])
 
 
 @pytest.mark.slow
@@ -260,12 +264,14 @@ def test_launcher_installs_only_glm_jax_on_every_worker(launched):
                               capture_output=True, text=True, check=True).stdout.strip()
         installed = set(os.listdir(site)) - {"tpu-vm-image.pth", "__pycache__"}
         assert installed and all("glm_jax" in e.replace("-", "_") for e in installed), installed
-        where = subprocess.run([python, "-c", "import glm_jax; print(glm_jax.__file__)"], cwd="/",
-                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
-        assert where.stdout.strip() == str(worker / "home" / "glm-jax" / "glm_jax" / "__init__.py")
         shipped = set(os.listdir(worker / "home" / "glm-jax"))
         assert {"glm_jax", "configs", "data", "launch", "setup.py", "README.md", "LICENSE"} <= shipped
         assert not shipped & {".git", ".venv", "tests", "runs", "notebooks", "benchmarks", ".pytest_cache"}
+    # On the workers, outside the checkout, glm_jax imports from the shipped code.
+    where = _gcloud(launched["env"], "compute", "tpus", "tpu-vm", "ssh", "t", "--zone=z", "--worker=all",
+                    "--command=cd / && python3 -c 'import glm_jax; print(glm_jax.__file__)'")
+    home = launched["workers"][0].parent / "vm" / "home"
+    assert sorted(where.stdout.splitlines()) == [f"[worker {i}] {home}/glm-jax/glm_jax/__init__.py" for i in range(2)]
     assert _editable_install_of(sys.executable) == launched["venv_before"]
 
 
@@ -295,6 +301,11 @@ def test_launcher_end_to_end_writes_the_run_to_the_bucket(launched, gcs_server):
     assert len(tokenized) == 3 and all(line.startswith("[worker 0]") for line in tokenized), tokenized
     assert {"bundled_zh", "bundled_en", "bundled_code"} == {line.split("'")[1] for line in tokenized}
     assert any(o.startswith("run/data_cache/") and o.endswith("meta.json") for o in objects), objects
+    # The tokenized data cache is shared too: no worker built one on its own disk (the default
+    # ~/.cache/glm_jax/data is per host on a pod, so process 1 would find nothing there).
+    for worker in launched["workers"]:
+        local_cache = worker / "home" / ".cache" / "glm_jax" / "data"
+        assert not local_cache.exists() or os.listdir(local_cache) == [], os.listdir(local_cache)
     # Nothing went to a local folder named after the URL, on any worker or here.
     local = [os.path.join(root, d) for top in [*launched["workers"], REPO] for root, dirs, _ in os.walk(top)
              for d in dirs if d.startswith("gs:")]
