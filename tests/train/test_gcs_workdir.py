@@ -10,16 +10,10 @@ from glm_jax import config, storage
 from glm_jax.train import checkpoint, loop, metrics
 from tests.conftest import REPO
 from tests.gcs import list_objects
-from tests.train import synthetic
-
-SMALL = ["model.num_layers=1", "model.hidden_size=64", "model.ffn_hidden_size=128", "model.vocab_size=512",
-         "train.seq_len=32", "train.batch_size=8", "mesh.fsdp=4", "mesh.tensor=2", "train.log_every=2",
-         "checkpoint.every_steps=2"]
-
+from tests.train import synthetic, test_loop
 
 def _cd(*overrides):
-    return config.apply_overrides(config.load_config_dict(os.path.join(REPO, "configs", "debug.py")),
-                                  [*SMALL, *overrides])
+    return test_loop._cd("train.log_every=2", "checkpoint.every_steps=2", *overrides)  # its small model
 
 
 def test_a_run_on_gs_writes_only_to_the_bucket_and_resumes_there(gcs_server, gcs_bucket, tmp_path, monkeypatch):
