@@ -56,7 +56,7 @@ def test_to_hf_reads_single_layers_of_a_training_checkpoint_saved_on_a_mesh(shar
     checkpoint.write_stages(workdir, [("main", cfg)])
     ckpts = checkpoint.StageCheckpoints(checkpoint.stage_dir(workdir, "main"), CheckpointConfig(async_save=False))
     ckpts.save(TrainState(step=jnp.int32(5), params=params, opt_state={"count": jnp.int32(5)},
-                          rng=jax.random.key_data(jax.random.key(1))), {"position": 0})
+                          rng=jax.random.key_data(jax.random.key(1))), {"0": {"position": 0}}, [0])
     ckpts.close()
     directory, _ = checkpoint.locate_params(workdir)
     tree = ocp.StandardCheckpointer().metadata(directory).item_metadata.tree
