@@ -31,9 +31,10 @@ def test_debug_model_train_step_compiles_for_v5e_2x2(tmp_path):
     assert h["aliased"] > 0.9 * h["arguments"]  # the donated state is updated in place
     assert r["fits"] is True and h["capacity"] == 16 * 1024 ** 3
     assert r["flops_per_device"] > 0 and r["bytes_accessed_per_device"] > 0
-    assert 0 < r["projected_mfu"] <= 1
+    assert 0 < r["projected_mfu_xla"] <= 1
+    assert r["projected_mfu_model"] is None or r["projected_mfu_model"] <= r["projected_mfu_xla"]
     assert r["collectives"]["all-gather"]["bytes"] > 0  # FSDP gathers weights
-    assert "HBM per device" in proc.stdout and "projected MFU" in proc.stdout
+    assert "HBM per device" in proc.stdout and "projected MFU" in proc.stdout and "model formula" in proc.stdout
 
 
 def test_unknown_topology_is_a_clear_error():
@@ -48,8 +49,9 @@ def test_report_says_by_how_much_it_does_not_fit():
     r = {"model": "m", "topology_devices": 4, "device_kind": "TPU v5 lite", "mesh": {}, "batch_size": 1, "seq_len": 8,
          "hbm_per_device": {"arguments": 10 * GiB, "outputs": 0, "aliased": 0, "temporaries": 8.5 * GiB,
                             "generated_code": 0, "total": 18.5 * GiB, "capacity": 16 * GiB},
-         "fits": False, "flops_per_device": 1.0, "bytes_accessed_per_device": 1.0, "xla_optimal_seconds": None,
+         "fits": False, "flops_per_device": 1.0, "model_flops_per_device": 1.0, "xla_to_model_flops": 1.0,
+         "bytes_accessed_per_device": 1.0, "xla_optimal_seconds": None,
          "roofline_seconds": {"compute": 1.0, "hbm": 0.5, "collectives": 0.1}, "roofline_step_seconds": 1.0,
          "projected_step_seconds": 1.0,
-         "projected_mfu": 0.5, "collectives": {}}
+         "projected_mfu_xla": 0.5, "projected_mfu_model": None, "mfu_note": "x", "collectives": {}}
     assert "does not fit by 2.50 GiB" in format_report(r)
