@@ -293,16 +293,22 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def step_costs(cfg: Config, devices: list) -> dict:
+    """Per-device {flops, bytes, seconds} of one train step as XLA counts them, from the
+    loop-free corners (1 or 2 layers x 1 or 2 micro-batches) extrapolated to L x A."""
+    A = cfg.train.grad_accum
+    corners = {(n, a): program_costs(compile_train_step(_loop_free(cfg, n, a), devices)[0])
+               for n in (1, 2) for a in ((1, 2) if A > 1 else (1,))}
+    return _extrapolate(corners, cfg.model.num_layers, A)
+
+
 def plan(cfg: Config, topology: str) -> dict:
     """Compiles the real step (memory, collectives) and its loop-free variants (FLOPs, bytes,
     XLA's time), extrapolated to the model's depth and micro-batch count (see the module docstring)."""
     t0 = time.perf_counter()
     devices = topology_devices(topology)
     compiled, mesh = compile_train_step(cfg, devices)
-    A = cfg.train.grad_accum
-    corners = {(n, a): program_costs(compile_train_step(_loop_free(cfg, n, a), devices)[0])
-               for n in (1, 2) for a in ((1, 2) if A > 1 else (1,))}
-    report = analyze(cfg, compiled, mesh, _extrapolate(corners, cfg.model.num_layers, A))
+    report = analyze(cfg, compiled, mesh, step_costs(cfg, devices))
     report["topology"] = topology
     report["compile_seconds"] = time.perf_counter() - t0
     return report

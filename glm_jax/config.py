@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("reference", "flash", "splash")
+ATTENTION_BACKENDS = ("reference", "flash", "splash", "dot_product")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
 
 
