@@ -156,7 +156,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     z_loss: float = 0.0  # weight of log(Z)^2
-    loss_chunk: int = 256  # sequence positions per cross-entropy chunk (logits [B, chunk, V] at a time)
+    loss_chunk: int = 512  # sequence positions per cross-entropy chunk (logits [B, chunk, V] at a time)
     loss_weighting: str = "token"  # token | sequence (LongAlign: each packed sequence weighs the same)
     optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
     seed: int = 0
