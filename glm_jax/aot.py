@@ -154,6 +154,8 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
                 bounds = [int(c) for c in re.findall(r"s32\[\] constant\((\d+)\)", "\n".join(comps.get(w.group(1), [])))]
                 visit(w.group(2), factor * (max(bounds) if bounds else 1), depth + 1)
                 continue
+            if "-done(" in line:  # an async pair names its computation on -start and -done: count it once
+                continue
             for callee in re.findall(r"(?:to_apply|calls|branch_computations=\{)[=%]*([\w.\-]+)", line):
                 visit(callee, factor, depth + 1)
 

@@ -85,3 +85,36 @@ def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
     assert proc.returncode == 0, proc.stderr[-2000:]
     kind, n, per_chip = proc.stdout.split()[-3:]
     assert kind == "TPU7x" and int(n) == 4 * int(per_chip)  # 2x2x1 chips, two TensorCore devices each
+
+
+def test_collectives_sum_tuple_shapes_count_async_pairs_once_and_multiply_loops():
+    from glm_jax.aot import collectives
+
+    hlo = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ag = (f32[4]{0}, f32[4]{0}) all-gather-start(f32[2]{0} %a, f32[2]{0} %b), dimensions={0}
+  %agd = (f32[4]{0}, f32[4]{0}) all-gather-done((f32[4]{0}, f32[4]{0}) %ag)
+  ROOT %t = (s32[], f32[8]) tuple(%i, %x)
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %n = s32[] constant(5)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%rs_comp (x: f32[16]) -> f32[4] {
+  ROOT %rs = f32[4]{0} reduce-scatter(f32[16]{0} %x), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (x: f32[16]) -> f32[4] {
+  %w = (s32[], f32[8]) while((s32[], f32[8]) %init), condition=%cond, body=%body
+  %ar = (f32[3]{0}, bf16[2]{0}) all-reduce(f32[3]{0} %y, bf16[2]{0} %z), to_apply=%add
+  %s = ((f32[16]), f32[4], u32[]) async-start(f32[16]{0} %x), calls=%rs_comp
+  ROOT %d = f32[4]{0} async-done(((f32[16]), f32[4], u32[]) %s), calls=%rs_comp
+}
+"""
+    c = collectives(hlo)
+    assert c["all-gather"] == {"count": 5, "bytes": 5 * 2 * 4 * 4}  # in the loop x 5; both outputs summed
+    assert c["all-reduce"] == {"count": 1, "bytes": 3 * 4 + 2 * 2}  # variadic: the sum, not the max
+    assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 4}  # one async pair, counted once
