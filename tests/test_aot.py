@@ -118,3 +118,18 @@ ENTRY %main (x: f32[16]) -> f32[4] {
     assert c["all-gather"] == {"count": 5, "bytes": 5 * 2 * 4 * 4}  # in the loop x 5; both outputs summed
     assert c["all-reduce"] == {"count": 1, "bytes": 3 * 4 + 2 * 2}  # variadic: the sum, not the max
     assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 4}  # one async pair, counted once
+
+
+def test_extrapolation_counts_every_layer_of_every_micro_batch_and_the_optimizer_once():
+    """Costs are fixed (optimizer) + per layer + per micro-batch x (embed/loss + per layer): the
+    loop-free corners (1|2 layers x 1|2 micro-batches) give L = 40, A = 8 exactly."""
+    from glm_jax.aot import _extrapolate
+
+    def cost(n, a):  # optimizer 7, a layer's weights 3 (once), per micro-batch 11 + 5 per layer
+        return 7 + 3 * n + a * (11 + 5 * n)
+
+    corners = {(n, a): {"flops": cost(n, a), "bytes": 2 * cost(n, a), "seconds": None} for n in (1, 2) for a in (1, 2)}
+    out = _extrapolate(corners, layers=40, micro=8)
+    assert out["flops"] == cost(40, 8) and out["bytes"] == 2 * cost(40, 8) and out["seconds"] is None
+    one = {k: v for k, v in corners.items() if k[1] == 1}
+    assert _extrapolate(one, layers=40, micro=1)["flops"] == cost(40, 1)
