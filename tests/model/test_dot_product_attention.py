@@ -54,3 +54,14 @@ def test_model_with_dot_product_backend_equals_reference_on_a_sharded_mesh():
     with jax.set_mesh(mesh):
         out = jax.jit(lambda p, t, s: model.forward(p, t, dp, segment_ids=s))(params, tokens, seg)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dot_product_with_context_parallelism_is_refused_naming_the_field():
+    import pytest
+
+    from glm_jax.config import Config, ConfigError, TrainConfig
+    from glm_jax.sharding import validate_for_mesh
+
+    cfg = Config(model=tiny_model(attention="dot_product"), train=TrainConfig(seq_len=64, batch_size=8))
+    with pytest.raises(ConfigError, match=r"model.attention.*dot_product has no context-parallel path"):
+        validate_for_mesh(cfg, {"data": 1, "fsdp": 2, "sequence": 4, "tensor": 1})
