@@ -78,7 +78,6 @@ def batch(cfg: config.Config, mesh) -> dict:
 
 def run_model(cfg: config.Config, steps: int) -> dict:
     mesh = sharding.make_mesh(cfg.mesh)
-    sharding.validate_for_mesh(cfg, dict(mesh.shape))
     tx = optimizer.make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         st = state_lib.init_state(cfg, mesh, tx)

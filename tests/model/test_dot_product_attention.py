@@ -59,9 +59,9 @@ def test_model_with_dot_product_backend_equals_reference_on_a_sharded_mesh():
 def test_dot_product_with_context_parallelism_is_refused_naming_the_field():
     import pytest
 
-    from glm_jax.config import Config, ConfigError, TrainConfig
-    from glm_jax.sharding import validate_for_mesh
-
-    cfg = Config(model=tiny_model(attention="dot_product"), train=TrainConfig(seq_len=64, batch_size=8))
-    with pytest.raises(ConfigError, match=r"model.attention.*dot_product has no context-parallel path"):
-        validate_for_mesh(cfg, {"data": 1, "fsdp": 2, "sequence": 4, "tensor": 1})
+    cfg = tiny_model(attention="dot_product")
+    params = model.init_params(cfg, jax.random.key(1))
+    tokens = jnp.zeros((2, 32), jnp.int32)
+    with jax.set_mesh(make_mesh(MeshConfig(fsdp=2, sequence=4))):
+        with pytest.raises(ValueError, match=r"model.attention='dot_product' has no context-parallel path"):
+            jax.eval_shape(lambda p, t: model.forward(p, t, cfg), params, tokens)
