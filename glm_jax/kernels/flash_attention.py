@@ -89,14 +89,14 @@ def _visible_pairs(T: int, S: int, bq: int, bkv: int, off: int = 0) -> int:
     return sum(min(nk, (off + (i + 1) * bq - 1) // bkv + 1) for i in range(T // bq))
 
 
-def visited_pairs(T: int, S: int, bq: int, bkv: int, q_offset: int | None) -> int:
+def visited_pairs(T: int, S: int, bq: int, bkv: int, q_offset: int | None) -> float:
     """Pairs visited per (batch row, query head). `q_offset=None` stands for a traced offset
     (context parallelism, from `axis_index`), unknown at trace time: count the mean of the placements 0 and S - T, which is
     exact for context parallelism's front/back chunk pair (the count is linear in a block-aligned
     offset, and each shard's two offsets average to (S - T) / 2)."""
     if q_offset is not None:
         return _visible_pairs(T, S, bq, bkv, q_offset)
-    return (_visible_pairs(T, S, bq, bkv, 0) + _visible_pairs(T, S, bq, bkv, S - T) + 1) // 2
+    return (_visible_pairs(T, S, bq, bkv, 0) + _visible_pairs(T, S, bq, bkv, S - T)) / 2  # rounded by the caller
 
 
 def attention_costs(B: int, H: int, K: int, T: int, S: int, E: int, bq: int, bkv: int, itemsize: int,
