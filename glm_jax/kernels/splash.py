@@ -74,20 +74,23 @@ def _declared(costs: dict):
 
 
 def _with_costs(fn: Callable, costs: dict) -> Callable:
-    """fn(*args) whose splash kernels declare `costs`, forward and backward (custom VJP: the
-    backward traces inside our own rule, so inside `_declared` too)."""
+    """call(kernel, *args) = fn(kernel, *args) whose splash kernels declare `costs`, forward and
+    backward (custom VJP: the backward traces inside our own rule, so inside `_declared` too).
+    The splash kernel (a pytree holding the mask metadata arrays) is an explicit argument, not a
+    closure: under jit/shard_map its arrays are tracers of the enclosing trace. It gets no
+    gradient."""
     @jax.custom_vjp
-    def call(*args):
+    def call(kernel, *args):
         with _declared(costs):
-            return fn(*args)
+            return fn(kernel, *args)
 
-    def fwd(*args):
+    def fwd(kernel, *args):
         with _declared(costs):
-            return jax.vjp(fn, *args)
+            return jax.vjp(lambda *a: fn(kernel, *a), *args)
 
     def bwd(vjp, g):
         with _declared(costs):
-            return vjp(g)
+            return (None, *vjp(g))
 
     call.defvjp(fwd, bwd)
     return call
@@ -109,10 +112,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     hm = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, E] <-> [B, N, T, E]
     costs = attention_costs(1, H, k.shape[2], T, S, E, bq, bkv, q.dtype.itemsize, segment_ids is not None)
     if segment_ids is None:
-        run = lambda q, k, v: jax.vmap(lambda q, k, v: kernel(q, k, v))(q, k, v)  # noqa: E731
-        out = _with_costs(run, costs)(hm(q), hm(k), hm(v))
+        def run(kern, q, k, v):
+            return jax.vmap(lambda q, k, v: kern(q, k, v))(q, k, v)
+        out = _with_costs(run, costs)(kernel, hm(q), hm(k), hm(v))
     else:
-        def run(q, k, v, seg):
-            return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sa.SegmentIds(q=s, kv=s)))(q, k, v, seg)
-        out = _with_costs(run, costs)(hm(q), hm(k), hm(v), segment_ids.astype(jnp.int32))
+        def run(kern, q, k, v, seg):
+            return jax.vmap(lambda q, k, v, s: kern(q, k, v, segment_ids=sa.SegmentIds(q=s, kv=s)))(q, k, v, seg)
+        out = _with_costs(run, costs)(kernel, hm(q), hm(k), hm(v), segment_ids.astype(jnp.int32))
     return hm(out)
