@@ -53,16 +53,16 @@ def main():
             print(f"{name} on {topology}: did not compile after {time.perf_counter() - t0:.0f} s: {msg}", flush=True)
             rows.append({"run": name, "topology": topology, "seq_len": seq, "error": msg,
                          "seconds": time.perf_counter() - t0})
-    print(f"\n{'run':6} {'topology':12} {'seq':>9} {'HBM/dev GiB':>12} {'fits':>5} {'step s':>8} {'MFU':>6} "
-          f"{'coll GiB/dev':>12}")
+    print(f"\n{'run':6} {'topology':12} {'seq':>9} {'HBM/dev GiB':>12} {'fits':>5} {'step s':>8} {'MFU xla':>7} "
+          f"{'MFU model':>9} {'coll GiB/dev':>12}")
     for r in rows:
         if "error" in r:
             print(f"{r['run']:6} {r['topology']:12} {r['seq_len']:>9} {'compile failed: ' + r['error'][:60]}")
             continue
         coll = sum(c["bytes"] for c in r["collectives"].values()) / 2**30
         print(f"{r['run']:6} {r['topology']:12} {r['seq_len']:>9} {r['hbm_per_device']['total'] / 2**30:12.2f} "
-              f"{str(r['fits']):>5} {r['projected_step_seconds']:8.2f} {100 * (r['projected_mfu'] or 0):5.1f}% "
-              f"{coll:12.2f}")
+              f"{str(r['fits']):>5} {r['projected_step_seconds']:8.2f} {aot._pct(r['projected_mfu_xla']):>7} "
+              f"{aot._pct(r['projected_mfu_model']):>9} {coll:12.2f}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(rows, f, indent=2, default=str)

@@ -4,11 +4,21 @@
         [--out=report.json]
 
 Uses libtpu's compiler through `jax.experimental.topologies.get_topology_desc` (topology names
-like v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4). Prints per-device HBM (arguments, temporaries,
-outputs, total vs capacity; "does not fit by X GiB"), FLOPs and bytes per step, a roofline step
-time (XLA's own estimate when it gives one), projected MFU, and every collective by kind and
-bytes (ops inside a loop counted once per iteration). XLA's cost analysis counts a loop body once,
-so per-step costs come from unrolled 1- and 2-layer compiles extrapolated to the model's depth.
+like v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4, v7:2x2x1). Prints per-device HBM (arguments,
+temporaries, outputs, total vs capacity; "does not fit by X GiB"), FLOPs per step as XLA counts
+them next to the model formula's (`metrics.train_flops_per_token`), bytes, a roofline step time
+(XLA's own estimate when it gives one), both MFUs (XLA-counted and model FLOPs over that step
+time; no floor: a model MFU above the XLA-counted one is not shown, since the step time it would
+rest on comes from FLOPs XLA did not see), and every collective by kind and bytes.
+
+How costs are counted. XLA's cost analysis counts a loop body once, so FLOPs, bytes and XLA's
+time estimate come from loop-free variants of the step: layers unrolled (1 and 2 layers), the
+loss in one chunk, and without grad accumulation at 1 and 2 micro-batches' rows; the four
+corners extrapolate bilinearly to L layers x A micro-batches (two compiles when A = 1).
+Collectives come from the real program's HLO, ops inside a while loop multiplied by its trip
+count, a tuple-shaped (variadic) collective counted as the sum of its shapes. Pallas kernels
+count what they declare: our flash kernel and splash (wrapped) declare block-sparse costs.
+Where libtpu cannot compile for a generation, the error says so.
 """
 
 from __future__ import annotations
@@ -34,15 +44,28 @@ from glm_jax.train.step import abstract_batch, make_train_step  # noqa: E402
 
 GiB = 1024 ** 3
 
-# Per chip: HBM bytes, HBM bandwidth (B/s), ICI bandwidth per chip (B/s, all links one way), by
-# the device kind libtpu reports. Public Cloud TPU figures.
+# Per chip, by the device kind libtpu reports: HBM bytes, HBM bandwidth (B/s), ICI bandwidth
+# (B/s, all links one way = half the bidirectional figure), and JAX devices per chip (TPU7x shows
+# each of its two TensorCores as a device; v4/v5p run theirs as one megacore device). The bf16
+# peak is metrics.PEAK_TFLOPS (per chip). Sources (public Cloud TPU pages):
+#   v4   docs.cloud.google.com/tpu/docs/v4: 32 GiB, 1200 GBps; ICI 2.7e11 one way (unchanged)
+#   v5e  docs.cloud.google.com/tpu/docs/v5e: 16 GB, 819 GBps, ICI 400 GBps bidirectional
+#   v5p  docs.cloud.google.com/tpu/docs/v5p: 95 GiB, 2765 GBps, ICI 1200 GBps bidirectional
+#   v6e  docs.cloud.google.com/tpu/docs/v6e: 918 TFLOP/s, 32 GB, 1638 GBps, ICI 800 GBps bidirectional
+#   TPU7x (Ironwood) docs.cloud.google.com/tpu/docs/tpu7x: 2307 TFLOP/s bf16, 192 GiB, 2 TensorCores;
+#        HBM 7.2 TB/s and ICI 1.2 TB/s bidirectional as announced at Cloud Next 25 (reported e.g. at
+#        szyunze.com/google-tpu-v7-unleashed-is-nvidia-losing-the-lead; our stored copy of the
+#        docs table stops before its bandwidth rows)
 CHIPS = {
-    "TPU v4": dict(hbm=32 * GiB, hbm_bw=1.2e12, ici_bw=2.7e11),
-    "TPU v5 lite": dict(hbm=16 * GiB, hbm_bw=8.1e11, ici_bw=2.0e11),
-    "TPU v5": dict(hbm=95 * GiB, hbm_bw=2.76e12, ici_bw=6.0e11),
-    "TPU v5p": dict(hbm=95 * GiB, hbm_bw=2.76e12, ici_bw=6.0e11),
-    "TPU v6 lite": dict(hbm=32 * GiB, hbm_bw=1.64e12, ici_bw=4.5e11),
+    "TPU v4": dict(hbm=32 * GiB, hbm_bw=1.2e12, ici_bw=2.7e11, devices_per_chip=1),
+    "TPU v5 lite": dict(hbm=16 * GiB, hbm_bw=8.19e11, ici_bw=2.0e11, devices_per_chip=1),
+    "TPU v5": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11, devices_per_chip=1),
+    "TPU v5p": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11, devices_per_chip=1),
+    "TPU v6 lite": dict(hbm=32 * GiB, hbm_bw=1.638e12, ici_bw=4.0e11, devices_per_chip=1),
+    "TPU7x": dict(hbm=192 * GiB, hbm_bw=7.2e12, ici_bw=6.0e11, devices_per_chip=2),
 }
+# Generation names users type -> libtpu's topology prefix.
+_ALIASES = {"v6": "v6e", "v7": "tpu7x", "v7x": "tpu7x", "ironwood": "tpu7x", "trillium": "v6e"}
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
@@ -50,36 +73,64 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
 _SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
 
 
+def _libtpu_version() -> str:
+    import importlib.metadata  # noqa: PLC0415
+
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: pip install -e '.[tpu]')"
+
+
 def topology_devices(name: str) -> list:
     from jax.experimental import topologies  # noqa: PLC0415
 
+    gen, sep, shape = name.partition(":")
+    name = _ALIASES.get(gen.lower(), gen) + sep + shape
     # v4 and v5p chips have two TensorCores run as one device ("megacore"), as jax.devices() shows them.
     megacore = {"chip_config_name": "megacore"} if name.split(":")[0] in ("v4", "v5p") else {}
     try:
-        return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **megacore).devices)
+        try:
+            return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **megacore).devices)
+        except Exception as e:  # a slice smaller than one host (v5e:1x1): the host is the slice
+            if "chips_per_host_bounds" not in str(e) or not re.fullmatch(r"\d+(x\d+)*", shape):
+                raise
+            bounds = ([int(d) for d in shape.split("x")] + [1, 1])[:3]
+            return list(topologies.get_topology_desc(topology_name=name, platform="tpu", chips_per_host_bounds=bounds,
+                                                     **megacore).devices)
     except Exception as e:  # libtpu raises a bare RuntimeError / XlaRuntimeError
-        raise ValueError(f"--topology={name!r} is not a TPU topology libtpu knows ({e}); use names like "
-                         f"v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4") from None
+        raise ValueError(f"--topology={name!r} is not a TPU topology libtpu {_libtpu_version()} knows ({e}); use "
+                         f"names like v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4, v7:2x2x1 (= tpu7x:2x2x1)") from None
 
 
 def compile_train_step(cfg: Config, devices: list):
-    """Lowers and compiles the real (donating, sharded) train step for `devices`."""
+    """Lowers and compiles the real (donating, sharded) train step for `devices`; a generation
+    this libtpu cannot compile for is a ValueError that says so."""
     mesh = sharding.make_mesh(cfg.mesh, devices)
     validation.check_stage(cfg, dict(mesh.shape))
     tx = opt_lib.make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         step = make_train_step(cfg, mesh, tx=tx)
-        return step.lower(sharded_abstract_state(cfg, mesh, tx), abstract_batch(cfg, mesh)).compile(), mesh
+        lowered = step.lower(sharded_abstract_state(cfg, mesh, tx), abstract_batch(cfg, mesh))
+        try:
+            return lowered.compile(), mesh
+        except Exception as e:  # XlaRuntimeError from libtpu's compiler
+            kind = devices[0].device_kind
+            raise ValueError(f"libtpu {_libtpu_version()} cannot compile this train step for {kind} "
+                             f"({len(devices)} devices): {str(e)[:500]}") from None
 
 
 def _shape_bytes(text: str) -> int:
-    sizes = [_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d) for dt, dims in _SHAPE.findall(text)]
-    return max(sizes, default=0)
+    """Bytes of an HLO result type; a tuple (variadic collective) is the sum of its shapes."""
+    return sum(_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d) for dt, dims in _SHAPE.findall(text))
 
 
 def collectives(hlo: str) -> dict[str, dict[str, float]]:
     """{kind: {count, bytes}} per step, from optimized HLO text. Ops in a while body (the layer
-    scan) are multiplied by its trip count, read from the loop condition's constant bound."""
+    scan, grad accumulation, the loss chunks) are multiplied by its trip count, read from the
+    loop condition's constant bound. An async pair is counted at its `-done` op, whose result
+    is the collective's output (a `-start` result also carries the operands); a tuple result
+    counts the sum of its shapes."""
     comps, current = {}, None
     for line in hlo.splitlines():
         m = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
@@ -103,6 +154,8 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
                 bounds = [int(c) for c in re.findall(r"s32\[\] constant\((\d+)\)", "\n".join(comps.get(w.group(1), [])))]
                 visit(w.group(2), factor * (max(bounds) if bounds else 1), depth + 1)
                 continue
+            if "-done(" in line:  # an async pair names its computation on -start and -done: count it once
+                continue
             for callee in re.findall(r"(?:to_apply|calls|branch_computations=\{)[=%]*([\w.\-]+)", line):
                 visit(callee, factor, depth + 1)
 
@@ -112,7 +165,7 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
     for name, lines in comps.items():
         for line in lines:
             for kind in COLLECTIVES:
-                m = re.search(rf"= (.*?) {kind}(-start)?\(", line)
+                m = re.search(rf"= (.*?) {kind}(-done)?\(", line)
                 if m:
                     row = out.setdefault(kind, {"count": 0, "bytes": 0})
                     row["count"] += mult.get(name, 1)
@@ -121,61 +174,94 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
 
 
 def program_costs(compiled) -> dict:
-    """Per-device costs XLA reports for one compiled program: flops, bytes accessed, its own
-    optimal-time estimate (None when it gives none) and the collectives."""
+    """Per-device costs XLA reports for one compiled program: flops, bytes accessed and its own
+    optimal-time estimate (None when it gives none)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     seconds = float(cost.get("optimal_seconds", -1.0))
     return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
-            "seconds": seconds if seconds > 0 else None, "collectives": collectives(compiled.as_text())}
+            "seconds": seconds if seconds > 0 else None}
 
 
-def _extrapolate(one: dict, two: dict, layers: int) -> dict:
-    """Costs of `layers` layers from unrolled 1- and 2-layer programs: c(L) = c(1) + (L - 1)(c(2) - c(1))."""
-    lin = lambda a, b: a + (layers - 1) * (b - a)  # noqa: E731
-    kinds = set(one["collectives"]) | set(two["collectives"])
-    zero = {"count": 0, "bytes": 0}
-    return {"flops": lin(one["flops"], two["flops"]), "bytes": lin(one["bytes"], two["bytes"]),
-            "seconds": lin(one["seconds"], two["seconds"]) if one["seconds"] and two["seconds"] else None,
-            "collectives": {k: {f: lin(one["collectives"].get(k, zero)[f], two["collectives"].get(k, zero)[f])
-                                for f in ("count", "bytes")} for k in sorted(kinds)}}
+def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
+    """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
+    layers, the loss in one chunk, `micro_batches` micro-batches' rows in one pass."""
+    rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
+    model = dataclasses.replace(cfg.model, num_layers=layers, scan_layers=False)
+    train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
+    return dataclasses.replace(cfg, model=model, train=train)
+
+
+def _extrapolate(c: dict[tuple[int, int], dict], layers: int, micro: int) -> dict:
+    """Costs of L layers x A micro-batches from the loop-free corners c[(n, a)], n, a in {1, 2}
+    (a = 1 only when A = 1): each cost is bilinear in (layers, micro-batches), e.g. the
+    optimizer runs once whatever A, every micro-batch runs every layer."""
+    def at(key):
+        v = [c[k][key] for k in sorted(c)]
+        if any(x is None for x in v):
+            return None
+        if len(v) == 2:  # (1, 1), (2, 1)
+            return v[0] + (layers - 1) * (v[1] - v[0])
+        c11, c12, c21, c22 = v  # sorted: (1,1), (1,2), (2,1), (2,2)
+        return (c11 + (layers - 1) * (c21 - c11) + (micro - 1) * (c12 - c11)
+                + (layers - 1) * (micro - 1) * (c22 - c21 - c12 + c11))
+    return {k: at(k) for k in ("flops", "bytes", "seconds")}
 
 
 def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
-    """The report: HBM of the real program `compiled`; per-step `costs` (see `plan`)."""
+    """The report: HBM and collectives of the real program `compiled`; per-step `costs` (see `plan`)."""
     devices = mesh.devices.size
     kind = mesh.devices.flat[0].device_kind
     chip = CHIPS.get(kind, {})
+    per_chip = chip.get("devices_per_chip", 1)
     mem = compiled.memory_analysis()
     arg, out, alias, temp, code = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                                    mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
     total = arg + out - alias + temp + code
-    peak = metrics_lib.peak_flops_per_device(cfg, kind)
-    coll_bytes = sum(r["bytes"] for r in costs["collectives"].values())
+    capacity = chip["hbm"] // per_chip if chip else None
+    peak = metrics_lib.peak_flops_per_device(cfg, kind)  # per chip from the table; per device if configured
+    if peak and not cfg.train.peak_tflops:
+        peak /= per_chip
+    colls = collectives(compiled.as_text())
+    coll_bytes = sum(r["bytes"] for r in colls.values())
     tokens = cfg.train.batch_size * cfg.train.seq_len
     model_flops = metrics_lib.train_flops_per_token(cfg.model, cfg.train.seq_len) * tokens
-    # Pallas kernels report only the costs they declare, so XLA's count can fall below the model's
-    # own FLOPs; a step never does less than the model's FLOPs (MFU <= 100%).
-    compute_flops = max(costs["flops"], model_flops / devices)
-    terms = {"compute": compute_flops / peak if peak else 0.0,
+    xla_flops = costs["flops"]
+    terms = {"compute": xla_flops / peak if peak else 0.0,
              "hbm": costs["bytes"] / chip["hbm_bw"] if chip else 0.0,
              "collectives": coll_bytes / chip["ici_bw"] if chip else 0.0}
     roofline = max(terms.values())  # collectives overlapped with compute, as XLA schedules FSDP gathers
     step_seconds = max(costs["seconds"] or 0.0, roofline)
+    mfu_xla = mfu_model = None
+    note = None
+    if peak and step_seconds > 0:
+        mfu_xla = xla_flops / (step_seconds * peak)
+        if model_flops / devices <= xla_flops:
+            mfu_model = model_flops / (step_seconds * devices * peak)
+        else:  # the step time rests on FLOPs XLA counted; more model FLOPs than that would be invented
+            note = (f"XLA counted {xla_flops * devices / model_flops:.0%} of the model formula's FLOPs (a kernel "
+                    f"without a cost estimate?): model MFU not shown")
     return {
         "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
-        "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "tokens_per_step": tokens,
-        "attention": cfg.model.attention, "remat": cfg.model.remat,
+        "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+        "tokens_per_step": tokens, "attention": cfg.model.attention, "remat": cfg.model.remat,
+        "dtype": cfg.model.dtype, "loss_chunk": cfg.train.loss_chunk, "libtpu": _libtpu_version(),
         "hbm_per_device": {"arguments": arg, "outputs": out, "aliased": alias, "temporaries": temp,
-                           "generated_code": code, "total": total, "capacity": chip.get("hbm")},
-        "fits": (total <= chip["hbm"]) if chip else None,
-        "flops_per_device": costs["flops"], "bytes_accessed_per_device": costs["bytes"],
-        "model_flops_per_step": model_flops,
+                           "generated_code": code, "total": total, "capacity": capacity},
+        "fits": (total <= capacity) if capacity else None,
+        "flops_per_device": xla_flops, "model_flops_per_device": model_flops / devices,
+        "model_flops_per_step": model_flops, "xla_to_model_flops": xla_flops * devices / model_flops,
+        "bytes_accessed_per_device": costs["bytes"],
+        "peak_flops_per_device": peak,
         "xla_optimal_seconds": costs["seconds"], "roofline_seconds": terms, "roofline_step_seconds": roofline,
         "projected_step_seconds": step_seconds,
-        "projected_mfu": model_flops / (step_seconds * devices * peak) if peak and step_seconds > 0 else None,
-        "collectives": costs["collectives"],
+        "projected_mfu_xla": mfu_xla, "projected_mfu_model": mfu_model, "mfu_note": note,
+        "collectives": colls,
     }
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def format_report(r: dict) -> str:
@@ -190,7 +276,8 @@ def format_report(r: dict) -> str:
         verdict = (f"fits ({(cap - h['total']) / GiB:.2f} GiB free of {cap / GiB:.0f} GiB)" if r["fits"]
                    else f"does not fit by {(h['total'] - cap) / GiB:.2f} GiB (capacity {cap / GiB:.0f} GiB)")
         lines.append(f"  {'capacity':<16}{cap / GiB:10.3f} GiB  -> {verdict}")
-    lines.append(f"FLOPs per device per step      {r['flops_per_device']:.4g}")
+    lines.append(f"FLOPs per device per step      XLA-counted {r['flops_per_device']:.4g}   "
+                 f"model formula {r['model_flops_per_device']:.4g}   (XLA / model = {r['xla_to_model_flops']:.2f})")
     lines.append(f"bytes accessed per device      {r['bytes_accessed_per_device']:.4g}")
     t = r["roofline_seconds"]
     if r["xla_optimal_seconds"]:
@@ -198,28 +285,32 @@ def format_report(r: dict) -> str:
     lines.append(f"roofline step time             {r['roofline_step_seconds'] * 1e3:.1f} ms  "
                  f"(compute {t['compute'] * 1e3:.1f} ms, HBM {t['hbm'] * 1e3:.1f} ms, "
                  f"collectives {t['collectives'] * 1e3:.1f} ms)")
-    if r["projected_mfu"] is not None:
-        lines.append(f"projected MFU                  {100 * r['projected_mfu']:.1f}%")
+    lines.append(f"projected MFU                  XLA-counted {_pct(r['projected_mfu_xla'])}   "
+                 f"model FLOPs {_pct(r['projected_mfu_model'])}")
+    if r.get("mfu_note"):
+        lines.append(f"  note: {r['mfu_note']}")
     lines.append("collectives per step (per device):")
     for kind, row in sorted(r["collectives"].items()):
         lines.append(f"  {kind:<20}{int(row['count']):6d} ops  {row['bytes'] / GiB:10.3f} GiB")
     return "\n".join(lines)
 
 
+def step_costs(cfg: Config, devices: list) -> dict:
+    """Per-device {flops, bytes, seconds} of one train step as XLA counts them, from the
+    loop-free corners (1 or 2 layers x 1 or 2 micro-batches) extrapolated to L x A."""
+    A = cfg.train.grad_accum
+    corners = {(n, a): program_costs(compile_train_step(_loop_free(cfg, n, a), devices)[0])
+               for n in (1, 2) for a in ((1, 2) if A > 1 else (1,))}
+    return _extrapolate(corners, cfg.model.num_layers, A)
+
+
 def plan(cfg: Config, topology: str) -> dict:
-    """Compiles the real step (memory) and, because XLA's cost analysis counts a loop body once,
-    unrolled 1- and 2-layer variants whose costs extrapolate linearly to the model's depth."""
+    """Compiles the real step (memory, collectives) and its loop-free variants (FLOPs, bytes,
+    XLA's time), extrapolated to the model's depth and micro-batch count (see the module docstring)."""
     t0 = time.perf_counter()
     devices = topology_devices(topology)
     compiled, mesh = compile_train_step(cfg, devices)
-    if cfg.model.num_layers == 1 or not cfg.model.scan_layers:
-        costs = program_costs(compiled)
-    else:
-        small = [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=n, scan_layers=False))
-                 for n in (1, 2)]
-        one, two = (program_costs(compile_train_step(c, devices)[0]) for c in small)
-        costs = _extrapolate(one, two, cfg.model.num_layers)
-    report = analyze(cfg, compiled, mesh, costs)
+    report = analyze(cfg, compiled, mesh, step_costs(cfg, devices))
     report["topology"] = topology
     report["compile_seconds"] = time.perf_counter() - t0
     return report

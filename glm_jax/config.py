@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 
 _DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("reference", "flash", "splash")
+ATTENTION_BACKENDS = ("reference", "flash", "splash", "dot_product")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
 
 
@@ -157,6 +157,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     z_loss: float = 0.0  # weight of log(Z)^2
+    loss_chunk: int = 512  # sequence positions per cross-entropy chunk (logits [B, chunk, V] at a time)
     loss_weighting: str = "token"  # token | sequence (LongAlign: each packed sequence weighs the same)
     optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
     seed: int = 0
@@ -176,6 +177,8 @@ class TrainConfig:
         _require(0 <= self.end_lr_ratio <= 1, "train.end_lr_ratio", f"must be in [0, 1], got {self.end_lr_ratio}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0, got {self.z_loss}")
+        _require(self.loss_chunk >= 1 and self.seq_len % min(self.loss_chunk, self.seq_len) == 0, "train.loss_chunk",
+                 f"must be >= 1 and divide train.seq_len={self.seq_len} (or exceed it), got {self.loss_chunk}")
         _require(self.loss_weighting in ("token", "sequence"), "train.loss_weighting",
                  f"must be token or sequence, got {self.loss_weighting!r}")
         _require(self.optimizer_state in ("keep", "reset"), "train.optimizer_state",

@@ -33,7 +33,7 @@ import numpy as np
 from glm_jax import storage
 from glm_jax.config import ModelConfig
 from glm_jax.data.paths import DATA_DIR
-from glm_jax.model import forward
+from glm_jax.model import hidden_states, logits_from_hidden
 
 INSTRUCTION = ("There is an important piece of information hidden inside a lot of irrelevant text. "
                "Find it and memorize it. I will quiz you about it.\n")
@@ -87,7 +87,8 @@ def training_texts(tokenizer, count: int, min_tokens: int, max_tokens: int, seed
 @functools.partial(jax.jit, static_argnames=("cfg", "answer_start"))
 def _score(params, ids, cfg: ModelConfig, answer_start: int):
     """ids [N, T] -> (mean log-prob per answer token [N], all answer tokens greedy-correct [N])."""
-    logits = forward(params, ids, cfg)[:, answer_start - 1:-1]
+    hidden = hidden_states(params, ids, cfg)[:, answer_start - 1:-1]  # logits only where answers are scored
+    logits = logits_from_hidden(params, hidden)
     answer = ids[:, answer_start:]
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), answer[..., None], axis=-1)[..., 0]
     return logp.mean(-1), (logits.argmax(-1) == answer).all(-1)

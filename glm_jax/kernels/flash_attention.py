@@ -83,21 +83,43 @@ def _run_block(body, off, i, j, bq: int, bkv: int, segmented: bool):
     pl.when(jnp.logical_not(crosses))(lambda: body(False))
 
 
-def _visible_pairs(T: int, S: int, bq: int, bkv: int) -> int:
-    """Block pairs (q block, kv block) the causal kernels visit at q_offset 0: for cost estimates."""
+def _visible_pairs(T: int, S: int, bq: int, bkv: int, off: int = 0) -> int:
+    """Block pairs (q block, kv block) the causal kernels visit for queries at off..off+T-1."""
     nk = S // bkv
-    return sum(min(nk, (min(S, (i + 1) * bq) - 1) // bkv + 1) for i in range(T // bq))
+    return sum(min(nk, (off + (i + 1) * bq - 1) // bkv + 1) for i in range(T // bq))
 
 
-def _cost(B: int, H: int, T: int, S: int, E: int, bq: int, bkv: int, matmuls: int, nbytes: int) -> pl.CostEstimate:
-    """What XLA's cost model should charge for a kernel doing `matmuls` [bq, bkv, E] products per pair."""
-    pairs = B * H * _visible_pairs(T, S, bq, bkv)
-    return pl.CostEstimate(flops=2 * matmuls * pairs * bq * bkv * E, transcendentals=pairs * bq * bkv,
-                           bytes_accessed=nbytes)
+def visited_pairs(T: int, S: int, bq: int, bkv: int, q_offset: int | None) -> float:
+    """Pairs visited per (batch row, query head). `q_offset=None` stands for a traced offset
+    (context parallelism, from `axis_index`), unknown at trace time: count the mean of the placements 0 and S - T, which is
+    exact for context parallelism's front/back chunk pair (the count is linear in a block-aligned
+    offset, and each shard's two offsets average to (S - T) / 2)."""
+    if q_offset is not None:
+        return _visible_pairs(T, S, bq, bkv, q_offset)
+    return (_visible_pairs(T, S, bq, bkv, 0) + _visible_pairs(T, S, bq, bkv, S - T)) / 2  # rounded by the caller
 
 
-def _nbytes(*xs) -> int:
-    return sum(x.size * x.dtype.itemsize for x in xs if x is not None)
+def attention_costs(B: int, H: int, K: int, T: int, S: int, E: int, bq: int, bkv: int, itemsize: int,
+                    segmented: bool, q_offset: int | None = 0) -> dict[str, pl.CostEstimate]:
+    """What XLA's cost model should charge each causal block-sparse kernel ("fwd", "dq", "dkv").
+
+    FLOPs: 2 x bq x bkv x E per [bq, bkv, E] product on every visited pair: forward 2 products
+    (QK^T, PV), dq 3 (QK^T, dP, dQ), dk/dv 4 (QK^T, dP, dV, dK). Bytes: the operand held
+    across the inner grid axis is read once; the streamed one is re-read for every visited pair
+    (K/V per query block in fwd and dq; Q, dO, lse and delta per kv block in dk/dv)."""
+    pairs = B * H * visited_pairs(T, S, bq, bkv, q_offset)
+    q_bytes, kv_bytes, rows = B * H * T * E * itemsize, B * K * S * E * itemsize, B * H * T * 4
+    seg_q, seg_kv = (4 * pairs * bq, 4 * pairs * bkv) if segmented else (0, 0)
+    kv_streamed = 2 * pairs * bkv * E * itemsize
+    q_streamed = 2 * pairs * bq * E * itemsize + 2 * 4 * pairs * bq
+
+    def est(matmuls, nbytes):
+        return pl.CostEstimate(flops=int(2 * matmuls * pairs * bq * bkv * E), transcendentals=int(pairs * bq * bkv),
+                               bytes_accessed=int(nbytes))
+
+    return {"fwd": est(2, 2 * q_bytes + rows + kv_streamed + seg_kv),  # q in, o and lse out
+            "dq": est(3, 3 * q_bytes + 2 * rows + kv_streamed + seg_kv),  # q, dO, lse, delta in, dq out
+            "dkv": est(4, 4 * kv_bytes + q_streamed + seg_q)}  # k, v in, dk, dv out
 
 
 def _as_column(row_ref):
@@ -155,7 +177,7 @@ def _fwd_kernel(off_ref, q_ref, k_ref, v_ref, *rest, scale: float, bq: int, bkv:
         lse_ref[...] = lse.T[:1, :]
 
 
-def _forward(q, k, v, qseg, kvseg, off, *, bq, bkv, interpret):
+def _forward(q, k, v, qseg, kvseg, off, *, bq, bkv, interpret, cost_offset):
     """Head-major q [B, H, T, E], k/v [B, K, S, E] -> (o [B, H, T, E], lse [B, H, 1, T] fp32)."""
     B, H, T, E = q.shape
     K, S = k.shape[1], k.shape[2]
@@ -190,7 +212,7 @@ def _forward(q, k, v, qseg, kvseg, off, *, bq, bkv, interpret):
         out_shape=[jax.ShapeDtypeStruct((B, H, T, E), q.dtype), jax.ShapeDtypeStruct((B, H, 1, T), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=interpret,
-        cost_estimate=_cost(B, H, T, S, E, bq, bkv, 2, 2 * _nbytes(q) + _nbytes(k, v, qseg, kvseg) + 4 * B * H * T),
+        cost_estimate=attention_costs(B, H, K, T, S, E, bq, bkv, q.dtype.itemsize, segmented, cost_offset)["fwd"],
         name="glm_flash_fwd",
     )(off, *args)
 
@@ -272,7 +294,7 @@ def _dkv_kernel(off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest,
         dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _backward(q, k, v, qseg, kvseg, off, o, lse, do, *, bq, bkv, interpret):
+def _backward(q, k, v, qseg, kvseg, off, o, lse, do, *, bq, bkv, interpret, cost_offset):
     B, H, T, E = q.shape
     K, S = k.shape[1], k.shape[2]
     G, nq, nk = H // K, T // bq, S // bkv
@@ -305,7 +327,7 @@ def _backward(q, k, v, qseg, kvseg, off, o, lse, do, *, bq, bkv, interpret):
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=sem),
         interpret=interpret,
-        cost_estimate=_cost(B, H, T, S, E, bq, bkv, 3, 3 * _nbytes(q) + _nbytes(k, v, lse, delta, qseg, kvseg)),
+        cost_estimate=attention_costs(B, H, K, T, S, E, bq, bkv, q.dtype.itemsize, segmented, cost_offset)["dq"],
         name="glm_flash_dq",
     )(off, *args)
 
@@ -335,7 +357,7 @@ def _backward(q, k, v, qseg, kvseg, off, o, lse, do, *, bq, bkv, interpret):
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel",
                                                                   "arbitrary", "arbitrary")),
         interpret=interpret,
-        cost_estimate=_cost(B, H, T, S, E, bq, bkv, 4, 2 * _nbytes(q) + 2 * _nbytes(k, v) + _nbytes(lse, delta)),
+        cost_estimate=attention_costs(B, H, K, T, S, E, bq, bkv, q.dtype.itemsize, segmented, cost_offset)["dkv"],
         name="glm_flash_dkv",
     )(off, *args)
     return dq, dk, dv
@@ -345,19 +367,20 @@ def _backward(q, k, v, qseg, kvseg, off, o, lse, do, *, bq, bkv, interpret):
 # custom_vjp in the head-major layout, and the public entry point in the model's layout
 # ---------------------------------------------------------------------------------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _flash_hm(q, k, v, qseg, kvseg, off, bq, bkv, interpret):
-    return _forward(q, k, v, qseg, kvseg, off, bq=bq, bkv=bkv, interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _flash_hm(q, k, v, qseg, kvseg, off, bq, bkv, interpret, cost_offset):
+    return _forward(q, k, v, qseg, kvseg, off, bq=bq, bkv=bkv, interpret=interpret, cost_offset=cost_offset)[0]
 
 
-def _flash_hm_fwd(q, k, v, qseg, kvseg, off, bq, bkv, interpret):
-    o, lse = _forward(q, k, v, qseg, kvseg, off, bq=bq, bkv=bkv, interpret=interpret)
+def _flash_hm_fwd(q, k, v, qseg, kvseg, off, bq, bkv, interpret, cost_offset):
+    o, lse = _forward(q, k, v, qseg, kvseg, off, bq=bq, bkv=bkv, interpret=interpret, cost_offset=cost_offset)
     return o, (q, k, v, qseg, kvseg, off, o, lse)
 
 
-def _flash_hm_bwd(bq, bkv, interpret, res, do):
+def _flash_hm_bwd(bq, bkv, interpret, cost_offset, res, do):
     q, k, v, qseg, kvseg, off, o, lse = res
-    dq, dk, dv = _backward(q, k, v, qseg, kvseg, off, o, lse, do, bq=bq, bkv=bkv, interpret=interpret)
+    dq, dk, dv = _backward(q, k, v, qseg, kvseg, off, o, lse, do, bq=bq, bkv=bkv, interpret=interpret,
+                           cost_offset=cost_offset)
     return dq, dk, dv, None, None, None
 
 
@@ -391,5 +414,6 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
         kvseg = kv_segment_ids.astype(jnp.int32)[:, None, :]
     off = jnp.asarray(q_offset, jnp.int32).reshape(1)
     hm = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, E] <-> [B, N, T, E]
-    out = _flash_hm(hm(q), hm(k), hm(v), qseg, kvseg, off, bq, bkv, interpret)
+    cost_offset = q_offset if isinstance(q_offset, int) else None  # a traced offset: see visited_pairs
+    out = _flash_hm(hm(q), hm(k), hm(v), qseg, kvseg, off, bq, bkv, interpret, cost_offset)
     return hm(out)

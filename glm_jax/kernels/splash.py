@@ -10,16 +10,28 @@ it in `glm_jax.kernels.shard.per_shard` (splash on a global sharded array gather
 
 Limits: splash's blocks must be multiples of 128; its mask metadata is a [H, T/bq, S/bkv] table
 per kernel (kept in SMEM on TPU), which is what bounds the sequence length per shard.
+
+Cost: splash's pallas_calls declare no cost estimate, so XLA's cost analysis (and the AOT
+planner) would count its FLOPs as zero. While our call traces (forward and, through a custom VJP,
+backward), splash's module sees a `pallas` whose `pallas_call` adds the estimate of that phase
+(fwd / dq / dkv) from the same block-sparse causal model as our flash kernel
+(`flash_attention.attention_costs`, per batch row; vmap multiplies it by B).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as _sa_kernel
+
+from glm_jax.kernels.flash_attention import attention_costs
 
 _LANES = 128
 
@@ -31,6 +43,57 @@ def _block(name: str, block: int, n: int) -> int:
                          f"the sequence length {n}, got {b}; e.g. "
                          f"{[d for d in (128, 256, 512, 1024) if n % d == 0] or 'a length that is a multiple of 128'}")
     return b
+
+
+class _CostedPallas:
+    """`jax.experimental.pallas` as splash's kernel module sees it during our calls: pallas_call
+    gains the cost estimate of the kernel's phase, read from splash's kernel name
+    (`splash_mha_{fwd|dq|dkv}...`)."""
+
+    def __init__(self, costs: dict):
+        self._costs = costs
+
+    def __getattr__(self, name):
+        return getattr(pl, name)
+
+    def pallas_call(self, *args, **kwargs):
+        phase = re.match(r"splash_m[hq]a_(fwd|dq|dkv)", kwargs.get("name") or "")
+        if phase and kwargs.get("cost_estimate") is None:
+            kwargs["cost_estimate"] = self._costs[phase.group(1)]
+        return pl.pallas_call(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _declared(costs: dict):
+    saved = _sa_kernel.pl
+    _sa_kernel.pl = _CostedPallas(costs)
+    try:
+        yield
+    finally:
+        _sa_kernel.pl = saved
+
+
+def _with_costs(fn: Callable, costs: dict) -> Callable:
+    """call(kernel, *args) = fn(kernel, *args) whose splash kernels declare `costs`, forward and
+    backward (custom VJP: the backward traces inside our own rule, so inside `_declared` too).
+    The splash kernel (a pytree holding the mask metadata arrays) is an explicit argument, not a
+    closure: under jit/shard_map its arrays are tracers of the enclosing trace. It gets no
+    gradient."""
+    @jax.custom_vjp
+    def call(kernel, *args):
+        with _declared(costs):
+            return fn(kernel, *args)
+
+    def fwd(kernel, *args):
+        with _declared(costs):
+            return jax.vjp(lambda *a: fn(kernel, *a), *args)
+
+    def bwd(vjp, g):
+        with _declared(costs):
+            return (None, *vjp(g))
+
+    call.defvjp(fwd, bwd)
+    return call
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None = None, *,
@@ -47,10 +110,13 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
 
     q = (q.astype(jnp.float32) * (1.0 / math.sqrt(E))).astype(q.dtype)
     hm = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, N, E] <-> [B, N, T, E]
+    costs = attention_costs(1, H, k.shape[2], T, S, E, bq, bkv, q.dtype.itemsize, segment_ids is not None)
     if segment_ids is None:
-        out = jax.vmap(lambda q, k, v: kernel(q, k, v))(hm(q), hm(k), hm(v))
+        def run(kern, q, k, v):
+            return jax.vmap(lambda q, k, v: kern(q, k, v))(q, k, v)
+        out = _with_costs(run, costs)(kernel, hm(q), hm(k), hm(v))
     else:
-        seg = segment_ids.astype(jnp.int32)
-        out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sa.SegmentIds(q=s, kv=s)))(
-            hm(q), hm(k), hm(v), seg)
+        def run(kern, q, k, v, seg):
+            return jax.vmap(lambda q, k, v, s: kern(q, k, v, segment_ids=sa.SegmentIds(q=s, kv=s)))(q, k, v, seg)
+        out = _with_costs(run, costs)(kernel, hm(q), hm(k), hm(v), segment_ids.astype(jnp.int32))
     return hm(out)

@@ -3,7 +3,8 @@ numbers: causal attention within segments, grouped-query (each of K kv heads ser
 query heads), softmax in fp32.
 
 Backends: "reference" (plain XLA, O(T^2) memory), "flash" and "splash" (Pallas kernels in
-`glm_jax.kernels`).
+`glm_jax.kernels`), "dot_product" (`jax.nn.dot_product_attention`: cuDNN flash attention on
+NVIDIA GPUs, XLA elsewhere).
 
 Letters: B batch, T query length, S key length, H query heads, K kv heads, G heads per kv
 group, E head dim.
@@ -58,6 +59,17 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
     return masked_attention(q, k, v, causal_segment_mask(index, index, segment_ids, segment_ids))
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None -> [B, T, H, E].
+
+    `jax.nn.dot_product_attention` with `is_causal=True` and grouped-query heads as they are
+    (BTNH layout, no K/V repeat); it picks cuDNN's fused kernel on NVIDIA GPUs and XLA elsewhere
+    (softmax in fp32 either way). Packed segments enter as a boolean mask [B, 1, T, T] (True =
+    same segment), O(T^2) bools per row; the causal part is the kernel's own."""
+    mask = None if segment_ids is None else (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True).astype(q.dtype)
+
+
 def _kernel_backend(kernel: Callable) -> Callable:
     """A Pallas kernel run per shard (shard_map over the current mesh), blocks and interpret
     mode from the config; interpret mode switches on by itself when the target is not a TPU."""
@@ -71,7 +83,9 @@ def _kernel_backend(kernel: Callable) -> Callable:
 def _backends() -> dict[str, Callable]:
     return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg),
             "flash": _kernel_backend(flash_attention),
-            "splash": _kernel_backend(splash_attention)}
+            "splash": _kernel_backend(splash_attention),
+            # per shard like the kernels: a custom call (cuDNN) sees only local batch rows and heads
+            "dot_product": lambda q, k, v, seg, cfg: per_shard(dot_product_attention, q, k, v, seg)}
 
 
 def _context_parallel_backends() -> dict[str, Callable]:

@@ -77,12 +77,17 @@ def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
         return constrain(embed_lookup(params["embed"]["embedding"].astype(cfg.jnp_dtype), tokens), _ACT)
 
 
+def output_logits(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Final-normed hidden states x [B, T, D], output kernel [D, V] -> logits [B, T, V] fp32,
+    vocab sharded by the rules (tensor axis). The training loss calls it a chunk of T at a time."""
+    with jax.named_scope("output"):
+        logits = jnp.einsum("btd,dv->btv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "vocab"))
+
+
 def logits_from_hidden(params: dict, x: jax.Array) -> jax.Array:
     """Final-normed hidden states [B, T, D] -> logits [B, T, V] fp32 (untied output layer)."""
-    with jax.named_scope("output"):
-        logits = jnp.einsum("btd,dv->btv", x, params["output"]["kernel"].astype(x.dtype),
-                            preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "seq", "vocab"))
+    return output_logits(x, params["output"]["kernel"])
 
 
 def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,

@@ -8,6 +8,7 @@ from a counter inside the optimizer state: a stage that keeps the previous stage
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from glm_jax.config import TrainConfig
@@ -37,9 +38,10 @@ def decay_mask(params: dict) -> dict:
 
 
 def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
-    """Clip -> Adam moments -> decoupled weight decay. The result is scaled by -lr(step) in the step."""
+    """Clip -> Adam moments (fp32, like the master params) -> decoupled weight decay. The result is
+    scaled by -lr(step) in the step."""
     parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-    parts += [optax.scale_by_adam(b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps),
+    parts += [optax.scale_by_adam(b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, mu_dtype=jnp.float32),
               optax.add_decayed_weights(t.weight_decay, mask=decay_mask)]
     return optax.chain(*parts)
 

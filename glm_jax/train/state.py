@@ -2,6 +2,13 @@
 
 `step` counts optimizer updates over the whole run: it continues across stages, so checkpoint
 step numbers are unique within a workdir.
+
+Mixed precision: the state always holds fp32 master params and fp32 Adam moments; bf16 compute
+is `model.dtype=bfloat16` (every matmul casts its weight to it; norms, softmax, rotary and the
+loss stay fp32). `model.param_dtype` other than float32 is refused for training: it would store
+the weights and the moments in bf16 with no master copy, where an update smaller than 2^-8 of a
+weight rounds away. Keeping an fp32 master under `param_dtype=bfloat16` instead would compute
+exactly what `param_dtype=float32, dtype=bfloat16` computes, a second name for one thing.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from glm_jax import sharding
-from glm_jax.config import Config
+from glm_jax.config import Config, ConfigError
 from glm_jax.model import spec
 
 
@@ -38,8 +45,18 @@ def _rng(seed: int) -> jax.Array:
     return jax.random.key_data(jax.random.key(seed))
 
 
+def require_fp32_master(cfg: Config) -> None:
+    """Refuses `model.param_dtype` != float32 for training (see the module docstring)."""
+    if cfg.model.param_dtype != "float32":
+        raise ConfigError("model.param_dtype",
+                          f"{cfg.model.param_dtype!r} would train {cfg.model.param_dtype} weights and Adam moments "
+                          f"with no fp32 master copy (updates below 2^-8 of a weight are lost); training keeps "
+                          f"param_dtype=float32 and computes in bf16 with model.dtype=bfloat16")
+
+
 def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
-    """ShapeDtypeStructs of the state (nothing allocated)."""
+    """ShapeDtypeStructs of the state (nothing allocated); every train path builds it first."""
+    require_fp32_master(cfg)
     return jax.eval_shape(lambda: _new_state(spec.abstract_params(cfg.model), tx, 0, _rng(0)))
 
 

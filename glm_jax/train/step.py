@@ -22,7 +22,7 @@ import optax
 
 from glm_jax import sharding
 from glm_jax.config import Config
-from glm_jax.model import forward
+from glm_jax.model import hidden_states, output_logits
 from glm_jax.train import loss as loss_lib
 from glm_jax.train import optimizer as opt_lib
 from glm_jax.train.state import TrainState, state_shardings
@@ -32,10 +32,13 @@ BATCH_FIELDS = {"tokens": "int32", "targets": "int32", "positions": "int32", "se
 
 
 def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
-    """Weighted loss sums of one (micro-)batch: (total to differentiate, {ce, z, weight})."""
-    logits = forward(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
+    """Weighted loss sums of one (micro-)batch: (total to differentiate, {ce, z, weight}).
+
+    The logits are computed `train.loss_chunk` positions at a time (glm_jax.train.loss), never whole."""
+    x = hidden_states(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
     w = loss_lib.token_weights(batch["loss_mask"], batch["segment_ids"], cfg.train.loss_weighting)
-    sums = loss_lib.cross_entropy_sums(logits, batch["targets"], w, cfg.train.z_loss)
+    sums = loss_lib.tiled_cross_entropy_sums(output_logits, x, params["output"]["kernel"], batch["targets"], w,
+                                             cfg.train.z_loss, cfg.train.loss_chunk)
     return sums["total"], {"ce": sums["ce"], "z": sums["z"], "weight": jnp.sum(w)}
 
 
