@@ -51,16 +51,16 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
                           f"by data x fsdp = {rows}; use a multiple of {rows * t.grad_accum}, or move devices "
                           f"to mesh.sequence / mesh.tensor (rows may then span processes: "
                           f"{num_processes} process(es) here)")
-    block = m.attention_block_q if m.attention != "reference" else 1
+    block = m.attention_block_q if m.attention in ("flash", "splash") else 1  # the Pallas kernels tile queries
     # Context parallelism cuts the sequence into 2 chunks per sequence shard (load balancing).
     chunks = 2 * mesh_sizes["sequence"] if mesh_sizes["sequence"] > 1 else 1
     if t.seq_len % (chunks * block):
         raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of {chunks * block}: "
                           f"{'2 x sequence axis (' + str(mesh_sizes['sequence']) + ')' if chunks > 1 else '1'} "
                           f"x attention block ({block})")
-    if mesh_sizes["sequence"] > 1 and m.attention == "splash":
-        raise ConfigError("model.attention", "splash has no context-parallel path; use flash or reference with "
-                          "mesh.sequence > 1")
+    if mesh_sizes["sequence"] > 1 and m.attention in ("splash", "dot_product"):
+        raise ConfigError("model.attention", f"{m.attention} has no context-parallel path; use flash or reference "
+                          f"with mesh.sequence > 1")
 
 
 def _changed_fields(old: Config, new: Config) -> list[str]:

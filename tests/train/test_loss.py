@@ -95,7 +95,7 @@ def test_tiled_loss_and_gradients_equal_the_full_logits_path(weighting, sharded)
     from tests.train import synthetic
 
     cfg = _tiny_train_cfg(weighting, chunk=8)
-    batch = jax.tree.map(jnp.asarray, next(synthetic.make_iterator(cfg, process_index=0, process_count=1)))
+    batch = jax.tree.map(jnp.asarray, next(synthetic.make_iterator(cfg, rows=range(cfg.train.batch_size))))
     assert float(batch["loss_mask"].sum()) < batch["loss_mask"].size  # masked targets exist
     assert int(batch["segment_ids"].max()) > 1  # some row packs several documents
     params = model.init_params(cfg.model, jax.random.key(0))
