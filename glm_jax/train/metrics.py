@@ -38,6 +38,7 @@ from glm_jax.model import spec
 # Peak dense bf16 TFLOP/s per chip, by jax `device_kind`.
 PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
                "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0}
+DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices (aot.CHIPS agrees)
 CHUNK_ROWS = 1000
 
 
@@ -52,7 +53,7 @@ def peak_flops_per_device(cfg: Config, device_kind: str) -> float | None:
     if cfg.train.peak_tflops:
         return cfg.train.peak_tflops * 1e12
     tflops = PEAK_TFLOPS.get(device_kind)
-    return tflops * 1e12 if tflops else None
+    return tflops * 1e12 / DEVICES_PER_CHIP.get(device_kind, 1) if tflops else None
 
 
 def read_rows(workdir: str) -> list[dict]:
