@@ -219,9 +219,7 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
                                    mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
     total = arg + out - alias + temp + code
     capacity = chip["hbm"] // per_chip if chip else None
-    peak = metrics_lib.peak_flops_per_device(cfg, kind)  # per chip from the table; per device if configured
-    if peak and not cfg.train.peak_tflops:
-        peak /= per_chip
+    peak = metrics_lib.peak_flops_per_device(cfg, kind)  # already per device (TPU7x: half a chip)
     colls = collectives(compiled.as_text())
     coll_bytes = sum(r["bytes"] for r in colls.values())
     tokens = cfg.train.batch_size * cfg.train.seq_len
