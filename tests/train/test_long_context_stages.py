@@ -24,6 +24,7 @@ def test_debug_plan_raises_rope_base_with_length_and_validates_on_8_devices():
 def test_bad_stage_is_named_before_anything_runs(tmp_path):
     cd = config.load_config_dict(LONG + ":model=debug")
     cd.stages["ctx2k"]["train"]["seq_len"] = 2044  # not a multiple of 2 x sequence (4) x block
+    cd.stages["ctx2k"]["train"]["loss_chunk"] = 4  # divides 2044, so only the mesh rule is broken
     with pytest.raises(ConfigError, match=r"stages\.ctx2k\.train\.seq_len.*multiple of 8"):
         loop.run(cd, str(tmp_path / "w"), make_iterator=None)
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
