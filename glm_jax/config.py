@@ -36,6 +36,7 @@ class ConfigError(ValueError):
 _DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("reference", "flash", "splash", "dot_product")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
+ROTARY_STYLES = ("interleaved", "half")  # GLM-4 pairs (2i, 2i+1); Glm4Moe (GLM-4.5) pairs (i, i + R/2)
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -62,6 +63,20 @@ class ModelConfig:
     max_seq_len: int = 8192
     qkv_bias: bool = True
     post_norms: bool = False  # GLM-4-0414: RMSNorm on the attention and MLP outputs before each residual add
+    rotary_style: str = "interleaved"  # one of ROTARY_STYLES: GLM-4 "interleaved", GLM-4.5 (Glm4Moe) "half"
+    qk_norm: bool = False  # GLM-4.5: RMSNorm over each head's dims of Q and K before rotary (`use_qk_norm`)
+    # Mixture of experts (GLM-4.5 / GLM-4.5-Air, transformers' Glm4Moe); num_experts=0 is a dense model.
+    num_experts: int = 0  # routed experts per MoE layer (`n_routed_experts`)
+    experts_per_token: int = 0  # top-k (`num_experts_per_tok`)
+    moe_ffn_hidden_size: int = 0  # each routed / shared expert's ffn (`moe_intermediate_size`)
+    num_shared_experts: int = 0  # always-on experts of moe_ffn_hidden_size each, fused into one (`n_shared_experts`)
+    first_dense_layers: int = 0  # leading layers with a dense MLP of ffn_hidden_size (`first_k_dense_replace`)
+    expert_groups: int = 1  # experts split into this many groups (`n_group`) ...
+    expert_groups_per_token: int = 1  # ... of which each token may use the best this many (`topk_group`)
+    norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
+    routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
+    moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops tokens past capacity x N x k / E per expert
+    mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
     init_std: float = 0.02
@@ -97,6 +112,39 @@ class ModelConfig:
             _require(self.attention != "splash" or v % 128 == 0, f"model.{f}",
                      f"splash attention needs a multiple of 128, got {v}")
         _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        _require(self.rotary_style in ROTARY_STYLES, "model.rotary_style",
+                 f"must be one of {ROTARY_STYLES}, got {self.rotary_style!r}")
+        self._check_moe()
+
+    def _check_moe(self):
+        _require(self.num_experts >= 0, "model.num_experts", f"must be >= 0 (0 = dense), got {self.num_experts}")
+        _require(self.mtp_layers in (0, 1), "model.mtp_layers", f"must be 0 or 1 (the released GLM-4.5 models have "
+                 f"one MTP layer), got {self.mtp_layers}")
+        _require(not self.mtp_layers or self.num_experts, "model.mtp_layers",
+                 "the MTP module is GLM-4.5's (a MoE model); set model.num_experts or leave mtp_layers 0")
+        if not self.num_experts:
+            for f in ("first_dense_layers", "num_shared_experts", "experts_per_token", "moe_ffn_hidden_size"):
+                _require(getattr(self, f) == 0, f"model.{f}",
+                         f"is {getattr(self, f)} but model.num_experts=0 (a dense model); set num_experts or leave it 0")
+            return
+        E, k, G = self.num_experts, self.experts_per_token, self.expert_groups
+        _require(0 < k <= E, "model.experts_per_token", f"must be in [1, num_experts={E}], got {k}")
+        _require(self.moe_ffn_hidden_size > 0, "model.moe_ffn_hidden_size", f"must be > 0, got {self.moe_ffn_hidden_size}")
+        _require(self.num_shared_experts >= 0, "model.num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
+        _require(0 <= self.first_dense_layers < self.num_layers, "model.first_dense_layers",
+                 f"must be in [0, num_layers={self.num_layers}) so that at least one layer is MoE, "
+                 f"got {self.first_dense_layers}")
+        _require(G >= 1 and E % G == 0 and E // G >= 2, "model.expert_groups",
+                 f"must divide num_experts={E} into groups of >= 2 experts (a group scores by its top 2), "
+                 f"got {G}; valid: {[g for g in range(1, E // 2 + 1) if E % g == 0]}")
+        _require(1 <= self.expert_groups_per_token <= G, "model.expert_groups_per_token",
+                 f"must be in [1, expert_groups={G}], got {self.expert_groups_per_token}")
+        _require(self.expert_groups_per_token * (E // G) >= k, "model.expert_groups_per_token",
+                 f"{self.expert_groups_per_token} groups of {E // G} experts hold fewer than experts_per_token={k}")
+        _require(self.routed_scaling_factor > 0, "model.routed_scaling_factor",
+                 f"must be > 0, got {self.routed_scaling_factor}")
+        _require(self.moe_capacity_factor == 0 or self.moe_capacity_factor >= 1, "model.moe_capacity_factor",
+                 f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
 
     # Derived fields: computed here and nowhere else.
     @property
@@ -116,6 +164,19 @@ class ModelConfig:
         return self.num_heads // self.kv_groups
 
     @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        """Layers with a dense MLP: all of them in a dense model, the first `first_dense_layers` in a MoE one."""
+        return self.first_dense_layers if self.is_moe else self.num_layers
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.num_dense_layers
+
+    @property
     def jnp_dtype(self):
         return jnp.dtype(self.dtype)
 
@@ -132,6 +193,7 @@ class MeshConfig:
     fsdp: int = -1
     sequence: int = 1
     tensor: int = 1
+    expert: int = 1  # expert parallelism: routed experts split over it; batch rows too (glm_jax.sharding)
 
     def __post_init__(self):
         sizes = dataclasses.asdict(self)
@@ -157,6 +219,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     z_loss: float = 0.0  # weight of log(Z)^2
+    mtp_loss_weight: float = 0.3  # weight of the multi-token-prediction loss (models with model.mtp_layers)
+    router_bias_rate: float = 1e-3  # aux-loss-free balancing: per-step nudge of each expert's routing bias
     loss_chunk: int = 512  # sequence positions per cross-entropy chunk (logits [B, chunk, V] at a time)
     loss_weighting: str = "token"  # token | sequence (LongAlign: each packed sequence weighs the same)
     optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
@@ -177,6 +241,8 @@ class TrainConfig:
         _require(0 <= self.end_lr_ratio <= 1, "train.end_lr_ratio", f"must be in [0, 1], got {self.end_lr_ratio}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0, got {self.z_loss}")
+        _require(self.mtp_loss_weight >= 0, "train.mtp_loss_weight", f"must be >= 0, got {self.mtp_loss_weight}")
+        _require(self.router_bias_rate >= 0, "train.router_bias_rate", f"must be >= 0, got {self.router_bias_rate}")
         _require(self.loss_chunk >= 1 and self.seq_len % min(self.loss_chunk, self.seq_len) == 0, "train.loss_chunk",
                  f"must be >= 1 and divide train.seq_len={self.seq_len} (or exceed it), got {self.loss_chunk}")
         _require(self.loss_weighting in ("token", "sequence"), "train.loss_weighting",

@@ -20,13 +20,17 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from glm_jax.config import ConfigError, MeshConfig
 
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 
 # One rule per logical axis. Params shard their `embed` dim over fsdp (ZeRO-3 style) and their
 # head/mlp/vocab dims over tensor (Megatron style); activations shard batch over data x fsdp and
 # sequence over the context-parallel axis. Activations leave their embed dim unsharded (None).
+# Expert parallelism: routed experts split over `expert`, which also splits the batch rows (outside
+# the MoE blocks it is one more data-parallel axis; inside them tokens travel to their experts by
+# all-to-all, glm_jax.model.moe). With expert=1 (the default) it changes nothing.
 LOGICAL_RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
+    "experts": ("expert",),
     "seq": ("sequence",),
     "embed": ("fsdp",),
     "heads": ("tensor",),

@@ -1,7 +1,8 @@
 """The bridge between our `ModelConfig` and a checkpoint directory's `config.json`.
 
-Three formats: transformers' `GlmForCausalLM` ("glm"), its `Glm4ForCausalLM` ("glm4", GLM-4-0414:
-`model.post_norms`), both written with naming "hf", and THUDM's ChatGLM remote-code config
+Four formats: transformers' `GlmForCausalLM` ("glm"), its `Glm4ForCausalLM` ("glm4", GLM-4-0414:
+`model.post_norms`) and `Glm4MoeForCausalLM` ("glm4_moe", GLM-4.5: `model.num_experts` > 0), all
+written with naming "hf", and THUDM's ChatGLM remote-code config
 ("chatglm", naming "thudm"), written with every field of the released glm-4-9b-chat config.json.
 
 `FIELDS` is the one table of numerics-changing fields: for each, where each format states it.
@@ -42,6 +43,13 @@ def _hf_rope(d: dict, key: str, default: float):
     return rope.get(key, d.get(key, default))
 
 
+def _moe(name: str, default: Any) -> Getter:
+    """A Glm4Moe config key (its Glm4MoeConfig default when absent); what dense formats imply otherwise."""
+    dense = {"n_routed_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0, "n_shared_experts": 0,
+             "first_k_dense_replace": 0, "num_nextn_predict_layers": 0}
+    return lambda d: d.get(name, default) if d.get("model_type") == "glm4_moe" else dense.get(name, default)
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One numerics-changing field: our ModelConfig attribute, how each format states it."""
@@ -70,9 +78,24 @@ FIELDS = (
     Field("rotary_fraction", lambda d: float(_hf_rope(d, "partial_rotary_factor", 0.5)),
           lambda d: THUDM_ROTARY_FRACTION,
           "the fraction of each head's dims that rotary acts on; THUDM's code fixes it at kv_channels // 2"),
-    Field("qkv_bias", _key("attention_bias", True), _key("add_qkv_bias", False)),
+    Field("qkv_bias", lambda d: d.get("attention_bias", d.get("model_type") != "glm4_moe"), _key("add_qkv_bias", False)),
     Field("post_norms", lambda d: d.get("model_type") == "glm4", lambda d: False,
           "RMSNorm on each sublayer's output (GLM-4-0414's Glm4ForCausalLM); ChatGLM has none"),
+    # GLM-4.5 (Glm4MoeForCausalLM); the other formats state none of these (a dense GLM-4).
+    Field("rotary_style", lambda d: "half" if d.get("model_type") == "glm4_moe" else "interleaved",
+          lambda d: "interleaved", "Glm4Moe rotates half of the rotary dims against the other half (pairs i, i+R/2)"),
+    Field("qk_norm", _moe("use_qk_norm", False), lambda d: False),
+    Field("num_experts", _moe("n_routed_experts", 128), lambda d: 0),
+    Field("experts_per_token", _moe("num_experts_per_tok", 8), lambda d: 0),
+    Field("moe_ffn_hidden_size", _moe("moe_intermediate_size", 1408), lambda d: 0),
+    Field("num_shared_experts", _moe("n_shared_experts", 1), lambda d: 0),
+    Field("first_dense_layers", _moe("first_k_dense_replace", 1), lambda d: 0),
+    Field("expert_groups", _moe("n_group", 1), lambda d: 1),
+    Field("expert_groups_per_token", _moe("topk_group", 1), lambda d: 1),
+    Field("norm_topk_prob", _moe("norm_topk_prob", True), lambda d: True),
+    Field("routed_scaling_factor", _moe("routed_scaling_factor", 1.0), lambda d: 1.0),
+    Field("mtp_layers", _moe("num_nextn_predict_layers", 1), lambda d: 0,
+          "the MTP layers the checkpoint keeps at index num_hidden_layers"),
 )
 
 # What every checkpoint we read or write has, whatever the config: (format, key, value, what it means).
@@ -92,15 +115,17 @@ def config_format(hf: dict) -> str:
     kind = hf.get("model_type")
     if kind == "chatglm":
         return "thudm"
-    if kind in ("glm", "glm4"):
+    if kind in ("glm", "glm4", "glm4_moe"):
         return "hf"
-    raise ConversionError(f"config.json model_type {kind!r}: expected 'glm', 'glm4' (transformers) or 'chatglm' "
-                          f"(THUDM)")
+    raise ConversionError(f"config.json model_type {kind!r}: expected 'glm', 'glm4', 'glm4_moe' (transformers) or "
+                          f"'chatglm' (THUDM)")
 
 
 def _same(a, b) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return bool(a) == bool(b)
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
     return math.isclose(float(a), float(b), rel_tol=1e-6)
 
 
@@ -171,9 +196,11 @@ def to_hf_config(cfg: ModelConfig, naming: str, dtype: str, eos_token_ids: list[
     pointing at `THUDM_CODE_REPOS[thudm_code]`'s remote code."""
     eos = (eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]) if eos_token_ids else None
     if naming == "hf":
+        kind = ("Glm4MoeForCausalLM", "glm4_moe") if cfg.is_moe else (
+            ("Glm4ForCausalLM", "glm4") if cfg.post_norms else ("GlmForCausalLM", "glm"))
         out = {
-            "architectures": ["Glm4ForCausalLM" if cfg.post_norms else "GlmForCausalLM"],
-            "model_type": "glm4" if cfg.post_norms else "glm",
+            "architectures": [kind[0]],
+            "model_type": kind[1],
             "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size,
             "intermediate_size": cfg.ffn_hidden_size,
@@ -197,6 +224,13 @@ def to_hf_config(cfg: ModelConfig, naming: str, dtype: str, eos_token_ids: list[
             "torch_dtype": _TORCH_DTYPE[dtype],
             "dtype": _TORCH_DTYPE[dtype],
         }
+        if cfg.is_moe:
+            out.update({"moe_intermediate_size": cfg.moe_ffn_hidden_size, "n_routed_experts": cfg.num_experts,
+                        "num_experts_per_tok": cfg.experts_per_token, "n_shared_experts": cfg.num_shared_experts,
+                        "first_k_dense_replace": cfg.first_dense_layers, "n_group": cfg.expert_groups,
+                        "topk_group": cfg.expert_groups_per_token, "norm_topk_prob": cfg.norm_topk_prob,
+                        "routed_scaling_factor": cfg.routed_scaling_factor, "use_qk_norm": cfg.qk_norm,
+                        "num_nextn_predict_layers": cfg.mtp_layers})
         if eos is not None:
             out["eos_token_id"] = eos
         out["pad_token_id"] = pad_token_id  # always stated: GlmConfig's default (151329) may lie outside our vocab

@@ -38,6 +38,22 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
 
 
+def apply_rotary_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, N, E]; cos/sin [B, T, R/2]. Rotates the first R dims of each head with the pairs
+    (i, i + R/2) (GPT-NeoX "rotate half", as transformers' Glm4Moe does); dims R..E pass through."""
+    rot = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :rot].astype(jnp.float32), x[..., rot:]
+    x0, x1 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    out = jnp.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
+    return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+
+
+def rotary(style: str):
+    """The rotary function of ModelConfig.rotary_style: "interleaved" (GLM-4) or "half" (GLM-4.5)."""
+    return {"interleaved": apply_rotary, "half": apply_rotary_half}[style]
+
+
 def swiglu_mlp(x: jax.Array, wi: jax.Array, wo: jax.Array) -> jax.Array:
     """x [B, T, D], wi [D, 2, F] (gate, up), wo [F, D] -> [B, T, D]: wo(silu(gate x) * up x)."""
     h = jnp.einsum("btd,dcf->btcf", x, wi.astype(x.dtype))

@@ -17,6 +17,32 @@ Parameter tree (letters: L layers, D hidden, H heads, K kv heads, E head dim, F 
     layers.attn_post_norm.scale, layers.mlp_post_norm.scale [L, D]   (only with `post_norms`: GLM-4-0414)
     final_norm.scale           [D]
     output.kernel              [D, V]             (untied from the embedding)
+
+With `qk_norm` (GLM-4.5) every attention also has `attn.q_norm.scale`, `attn.k_norm.scale` [L, E].
+
+Mixture of experts (`num_experts` > 0, GLM-4.5 / GLM-4.5-Air; M = MoE layers, X experts, C each
+expert's ffn, S = shared ffn = C x num_shared_experts). Two stacks, each under its own `lax.scan`:
+`layers` holds the `first_dense_layers` dense layers (absent when 0), `moe_layers` the M MoE layers
+(same attention, a MoE block in place of the MLP). Two stacks rather than one stack with a static
+schedule: the dense and MoE MLPs have different shapes, so one stack would carry both MLPs in every
+layer (wasting the dense MLP's 134M weights x 45 on Air) or pad; two scans cost one extra loop.
+
+    moe_layers.moe.router.kernel    [M, D, X]  fp32 whatever param_dtype (routing decisions in fp32)
+    moe_layers.moe.router.bias      [M, X]     e_score_correction_bias: selection only, no gradient;
+                                               the train step nudges it toward balanced load
+    moe_layers.moe.experts.wi.kernel [M, X, D, 2, C]   (axis `experts`; index 0 of `2` is the gate)
+    moe_layers.moe.experts.wo.kernel [M, X, C, D]
+    moe_layers.moe.shared.wi.kernel  [M, D, 2, S]     moe_layers.moe.shared.wo.kernel [M, S, D]
+
+Multi-token prediction (`mtp_layers` = 1): `mtp` holds one more layer (MoE when the model is) and
+the module around it, unstacked, as the released checkpoints store it at layer index L:
+
+    mtp.embed.embedding [V, D]  mtp.enorm.scale [D]  mtp.hnorm.scale [D]  mtp.eh_proj.kernel [2, D, D]
+    mtp.block.*  (one layer, no L axis)  mtp.head_norm.scale [D]  mtp.output.kernel [D, V]
+
+The MTP embedding and head are their own leaves: the released checkpoints carry them as separate
+tensors (model.layers.L.embed_tokens, shared_head.head), which vLLM loads as the MTP's own, so
+from-hf -> to-hf keeps them exactly.
 """
 
 from __future__ import annotations
@@ -47,43 +73,73 @@ class ParamSpec:
         assert self.init in INITIALIZERS, self.init
 
 
+def _layer_specs(cfg: ModelConfig, L: int | None, moe: bool) -> dict:
+    """The spec tree of one layer kind: stacked [L, ...] with a leading `layers` axis, or one layer
+    (L None: the MTP block). `moe` puts a MoE block in place of the dense MLP."""
+    D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    dt = cfg.jnp_param_dtype
+    lead, lead_axes = ((L,), ("layers",)) if L is not None else ((), ())
+
+    def spec(shape, axes, init="normal", dtype=dt):
+        return ParamSpec(lead + tuple(shape), lead_axes + tuple(axes), init, dtype)
+
+    def proj(heads, heads_axis):
+        out = {"kernel": spec((D, heads, E), ("embed", heads_axis, "head_dim"))}
+        if cfg.qkv_bias:
+            out["bias"] = spec((heads, E), (heads_axis, "head_dim"), "zeros")
+        return out
+
+    def mlp(F, experts=()):
+        x_axes = ("experts",) if experts else ()
+        return {"wi": {"kernel": spec(experts + (D, 2, F), x_axes + ("embed", None, "mlp"))},
+                "wo": {"kernel": spec(experts + (F, D), x_axes + ("mlp", "embed"))}}
+
+    attn = {"q": proj(H, "heads"), "k": proj(K, "kv_heads"), "v": proj(K, "kv_heads"),
+            "o": {"kernel": spec((H, E, D), ("heads", "head_dim", "embed"))}}
+    if cfg.qk_norm:
+        attn["q_norm"] = {"scale": spec((E,), (None,), "ones")}
+        attn["k_norm"] = {"scale": spec((E,), (None,), "ones")}
+    layer = {"attn_norm": {"scale": spec((D,), (None,), "ones")}, "attn": attn,
+             "mlp_norm": {"scale": spec((D,), (None,), "ones")}}
+    if moe:
+        X = cfg.num_experts
+        block = {"router": {"kernel": spec((D, X), ("embed", None), dtype=jnp.float32),
+                            "bias": spec((X,), (None,), "zeros", dtype=jnp.float32)},
+                 "experts": mlp(cfg.moe_ffn_hidden_size, (X,))}
+        if cfg.num_shared_experts:
+            block["shared"] = mlp(cfg.moe_ffn_hidden_size * cfg.num_shared_experts)
+        layer["moe"] = block
+    else:
+        layer["mlp"] = mlp(cfg.ffn_hidden_size)
+    if cfg.post_norms:
+        layer["attn_post_norm"] = {"scale": spec((D,), (None,), "ones")}
+        layer["mlp_post_norm"] = {"scale": spec((D,), (None,), "ones")}
+    return layer
+
+
 def param_specs(cfg: ModelConfig) -> dict:
     """The spec tree of a GLM model (see the module docstring for the layout)."""
-    L, D, H, K, E = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    F, V, dt = cfg.ffn_hidden_size, cfg.vocab_size, cfg.jnp_param_dtype
+    D, V, dt = cfg.hidden_size, cfg.vocab_size, cfg.jnp_param_dtype
 
     def spec(shape, axes, init="normal"):
         return ParamSpec(tuple(shape), tuple(axes), init, dt)
 
-    def proj(heads, heads_axis):
-        out = {"kernel": spec((L, D, heads, E), ("layers", "embed", heads_axis, "head_dim"))}
-        if cfg.qkv_bias:
-            out["bias"] = spec((L, heads, E), ("layers", heads_axis, "head_dim"), "zeros")
-        return out
-
-    layers = {
-        "attn_norm": {"scale": spec((L, D), ("layers", None), "ones")},
-        "attn": {
-            "q": proj(H, "heads"),
-            "k": proj(K, "kv_heads"),
-            "v": proj(K, "kv_heads"),
-            "o": {"kernel": spec((L, H, E, D), ("layers", "heads", "head_dim", "embed"))},
-        },
-        "mlp_norm": {"scale": spec((L, D), ("layers", None), "ones")},
-        "mlp": {
-            "wi": {"kernel": spec((L, D, 2, F), ("layers", "embed", None, "mlp"))},
-            "wo": {"kernel": spec((L, F, D), ("layers", "mlp", "embed"))},
-        },
-    }
-    if cfg.post_norms:
-        layers["attn_post_norm"] = {"scale": spec((L, D), ("layers", None), "ones")}
-        layers["mlp_post_norm"] = {"scale": spec((L, D), ("layers", None), "ones")}
-    return {
-        "embed": {"embedding": spec((V, D), ("vocab", "embed"))},
-        "layers": layers,
-        "final_norm": {"scale": spec((D,), (None,), "ones")},
-        "output": {"kernel": spec((D, V), ("embed", "vocab"))},
-    }
+    tree = {"embed": {"embedding": spec((V, D), ("vocab", "embed"))}}
+    if cfg.num_dense_layers:
+        tree["layers"] = _layer_specs(cfg, cfg.num_dense_layers, moe=False)
+    if cfg.num_moe_layers:
+        tree["moe_layers"] = _layer_specs(cfg, cfg.num_moe_layers, moe=True)
+    tree["final_norm"] = {"scale": spec((D,), (None,), "ones")}
+    tree["output"] = {"kernel": spec((D, V), ("embed", "vocab"))}
+    if cfg.mtp_layers:
+        tree["mtp"] = {"embed": {"embedding": spec((V, D), ("vocab", "embed"))},
+                       "enorm": {"scale": spec((D,), (None,), "ones")},
+                       "hnorm": {"scale": spec((D,), (None,), "ones")},
+                       "eh_proj": {"kernel": spec((2, D, D), (None, "embed", None))},
+                       "block": _layer_specs(cfg, None, moe=cfg.is_moe),
+                       "head_norm": {"scale": spec((D,), (None,), "ones")},
+                       "output": {"kernel": spec((D, V), ("embed", "vocab"))}}
+    return tree
 
 
 def _is_spec(x) -> bool:
@@ -93,9 +149,11 @@ def _is_spec(x) -> bool:
 @functools.lru_cache(maxsize=None)
 def _stacked_paths() -> frozenset[tuple[str, ...]]:
     # Which leaves are stacked depends on the tree's structure, not on sizes: read it off a tiny
-    # spec tree that has every optional leaf (biases, post-norms).
-    full = ModelConfig(name="structure", vocab_size=8, hidden_size=8, num_layers=1, num_heads=1, kv_groups=1,
-                       head_dim=2, ffn_hidden_size=8, rotary_fraction=1.0, qkv_bias=True, post_norms=True)
+    # spec tree that has every optional leaf (biases, post-norms, QK-norm, both MoE stacks, MTP).
+    full = ModelConfig(name="structure", vocab_size=8, hidden_size=8, num_layers=2, num_heads=1, kv_groups=1,
+                       head_dim=2, ffn_hidden_size=8, rotary_fraction=1.0, qkv_bias=True, post_norms=True,
+                       qk_norm=True, num_experts=2, experts_per_token=1, moe_ffn_hidden_size=4, num_shared_experts=1,
+                       first_dense_layers=1, mtp_layers=1)
     flat = jax.tree_util.tree_flatten_with_path(param_specs(full), is_leaf=_is_spec)[0]
     return frozenset(tuple(k.key for k in kp) for kp, s in flat if s.logical_axes[:1] == (LAYERS_AXIS,))
 
@@ -107,9 +165,25 @@ def is_stacked(path: tuple[str, ...]) -> bool:
     return tuple(path) in _stacked_paths()
 
 
-def param_count(cfg: ModelConfig) -> int:
-    """Number of parameters, from shapes alone (nothing allocated)."""
-    return sum(math.prod(s.shape) for s in jax.tree.leaves(param_specs(cfg), is_leaf=_is_spec))
+def param_count(cfg: ModelConfig, mtp: bool = True) -> int:
+    """Number of parameters, from shapes alone (nothing allocated); `mtp=False` leaves out the MTP
+    module (what transformers' Glm4MoeForCausalLM builds, and what the model cards' totals count)."""
+    specs = dict(param_specs(cfg))
+    if not mtp:
+        specs.pop("mtp", None)
+    return sum(math.prod(s.shape) for s in jax.tree.leaves(specs, is_leaf=_is_spec))
+
+
+def active_param_count(cfg: ModelConfig, mtp: bool = False) -> int:
+    """Parameters one token's forward pass uses: the total less the routed experts it does not
+    visit (num_experts - experts_per_token of them in every MoE layer). The embedding counts
+    whole, as in the total (a lookup touches one row of it)."""
+    total = param_count(cfg, mtp)
+    if not cfg.is_moe:
+        return total
+    per_expert = 3 * cfg.hidden_size * cfg.moe_ffn_hidden_size
+    moe_layers = cfg.num_moe_layers + (cfg.mtp_layers if mtp else 0)
+    return total - moe_layers * (cfg.num_experts - cfg.experts_per_token) * per_expert
 
 
 def abstract_params(cfg: ModelConfig) -> dict:

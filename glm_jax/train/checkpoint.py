@@ -253,8 +253,9 @@ class _LazyLeafHandler(ocp.type_handlers.NumpyHandler):
         stacked = [(leaf, t) for leaf, t in zip(values, stores) if _stacked(leaf.path)]
         for leaf, t in whole:
             await t.write(leaf.read(leaf.path, None))
-        for i in range(stacked[0][0].shape[0] if stacked else 0):  # one layer of every leaf at a time, in parallel
-            await asyncio.gather(*[t[i].write(leaf.read(leaf.path, i)) for leaf, t in stacked])
+        # one layer of every leaf at a time, in parallel (stacks may differ in depth: dense prefix, MoE layers)
+        for i in range(max((leaf.shape[0] for leaf, _ in stacked), default=0)):
+            await asyncio.gather(*[t[i].write(leaf.read(leaf.path, i)) for leaf, t in stacked if i < leaf.shape[0]])
         return [ocp.future.NoopFuture()]  # written already
 
 
