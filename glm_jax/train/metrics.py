@@ -43,8 +43,10 @@ CHUNK_ROWS = 1000
 
 
 def train_flops_per_token(m: ModelConfig, seq_len: int) -> float:
-    matmul_params = spec.param_count(m) - m.vocab_size * m.hidden_size
-    attention = 6.0 * m.num_layers * m.num_heads * m.head_dim * seq_len
+    """6 x the matmul parameters one token uses (a MoE model's active ones: k of its routed
+    experts; the MTP module and its head when present, which training runs) + attention."""
+    matmul_params = spec.active_param_count(m, mtp=True) - m.vocab_size * m.hidden_size * (1 + m.mtp_layers)
+    attention = 6.0 * (m.num_layers + m.mtp_layers) * m.num_heads * m.head_dim * seq_len
     return 6.0 * matmul_params + attention
 
 
@@ -144,6 +146,8 @@ class Metrics:
         scalars = {k: v for k, v in row.items() if k not in ("stage", "step")}
         line = f"[{self.stage}] step {row['step']}/{self.end}  loss {row['loss']:.4f}  grad_norm " \
                f"{row['grad_norm']:.3f}  lr {row['lr']:.3g}"
+        if "mtp_loss" in row:  # the MTP module's own loss, apart from the main one
+            line += f"  mtp_loss {row['mtp_loss']:.4f}  load max/mean {row['moe_load_imbalance']:.2f}"
         if self._timed_steps:
             sec = self._timed / self._timed_steps
             scalars["tokens_per_sec"] = self.tokens_per_step / sec

@@ -22,7 +22,8 @@ import optax
 
 from glm_jax import sharding
 from glm_jax.config import Config
-from glm_jax.model import hidden_states, output_logits
+from glm_jax.model import hidden_states_and_stats, output_logits
+from glm_jax.train import balance
 from glm_jax.train import loss as loss_lib
 from glm_jax.train import optimizer as opt_lib
 from glm_jax.train.state import TrainState, state_shardings
@@ -31,15 +32,41 @@ BATCH_FIELDS = {"tokens": "int32", "targets": "int32", "positions": "int32", "se
                 "loss_mask": "float32"}
 
 
-def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
-    """Weighted loss sums of one (micro-)batch: (total to differentiate, {ce, z, weight}).
+def mtp_targets(targets: jax.Array, weights: jax.Array, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The MTP module's targets and weights [B, T]: position t (which sees x_{t+1} = targets[t])
+    predicts x_{t+2} = targets[t + 1], weighted as that target is, and only inside one packed
+    sequence (t and t + 1 in the same segment); the last position predicts nothing."""
+    shifted = jnp.concatenate([targets[:, 1:], jnp.zeros_like(targets[:, :1])], axis=1)
+    same = jnp.concatenate([segment_ids[:, 1:] == segment_ids[:, :-1], jnp.zeros_like(segment_ids[:, :1], bool)], 1)
+    w = jnp.concatenate([weights[:, 1:], jnp.zeros_like(weights[:, :1])], axis=1)
+    return shifted, jnp.where(same, w, 0.0)
 
-    The logits are computed `train.loss_chunk` positions at a time (glm_jax.train.loss), never whole."""
-    x = hidden_states(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
+
+def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
+    """Weighted loss sums of one (micro-)batch: (total to differentiate, {ce, z, weight, mtp_ce,
+    mtp_weight, stats}).
+
+    The logits are computed `train.loss_chunk` positions at a time (glm_jax.train.loss), never whole.
+    With an MTP module and `train.mtp_loss_weight` > 0 the total adds mtp_loss_weight x the MTP
+    cross-entropy sum (its own output head; normalized by the main loss's weight in the step, so
+    micro-batches add up exactly). `stats` are the MoE routing stats (loads, drops) that the
+    balancing update reads."""
+    use_mtp = bool(cfg.model.mtp_layers) and cfg.train.mtp_loss_weight > 0
+    x, stats = hidden_states_and_stats(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"],
+                                       mtp_tokens=batch["targets"] if use_mtp else None)
     w = loss_lib.token_weights(batch["loss_mask"], batch["segment_ids"], cfg.train.loss_weighting)
     sums = loss_lib.tiled_cross_entropy_sums(output_logits, x, params["output"]["kernel"], batch["targets"], w,
                                              cfg.train.z_loss, cfg.train.loss_chunk)
-    return sums["total"], {"ce": sums["ce"], "z": sums["z"], "weight": jnp.sum(w)}
+    total = sums["total"]
+    aux = {"ce": sums["ce"], "z": sums["z"], "weight": jnp.sum(w)}
+    if use_mtp:
+        t2, w2 = mtp_targets(batch["targets"], w, batch["segment_ids"])
+        mtp = loss_lib.tiled_cross_entropy_sums(output_logits, stats.pop("mtp_hidden"), params["mtp"]["output"]["kernel"],
+                                                t2, w2, 0.0, cfg.train.loss_chunk)
+        total = total + cfg.train.mtp_loss_weight * mtp["total"]
+        aux.update(mtp_ce=mtp["ce"], mtp_weight=jnp.sum(w2))
+    aux["stats"] = stats
+    return total, aux
 
 
 def grads_and_sums(params: dict, batch: dict, cfg: Config, param_sh=None) -> tuple[dict, dict]:
@@ -78,11 +105,30 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, tx: optax.Gradien
     lr = schedule(state.step - stage_start)
     params = optax.apply_updates(state.params, opt_lib.apply_lr(updates, lr))
     params = jax.tree.map(lambda new, old: new.astype(old.dtype), params, state.params)
+    total = aux["ce"] + cfg.train.z_loss * aux["z"]
     metrics = {"loss": aux["ce"] / weight, "z_loss": aux["z"] / weight,
-               "total_loss": (aux["ce"] + cfg.train.z_loss * aux["z"]) / weight,
                "grad_norm": grad_norm, "lr": lr, "loss_weight": aux["weight"],
                "tokens": jnp.sum(batch["loss_mask"])}
+    if "mtp_ce" in aux:  # logged apart from the main loss
+        metrics["mtp_loss"] = aux["mtp_ce"] / jnp.maximum(aux["mtp_weight"], 1.0)
+        total = total + cfg.train.mtp_loss_weight * aux["mtp_ce"]
+    metrics["total_loss"] = total / weight
+    stats = aux["stats"]
+    if "moe_layers" in stats:
+        # aux-loss-free balancing: the routing biases move by the step's loads, not by a gradient
+        params = _balanced(params, state.params, stats, cfg.train.router_bias_rate)
+        metrics["moe_load_imbalance"] = balance.load_imbalance(stats)
+        metrics["moe_dropped"] = jnp.sum(stats["moe_layers"]["dropped"])
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _balanced(params: dict, old: dict, stats: dict, rate: float) -> dict:
+    """`params` (after the optimizer) with the router biases taken from `old` (the optimizer
+    never moves them: no gradient) and nudged by this step's loads."""
+    nudged = balance.update_router_bias(old, stats, rate)
+    for path in balance.router_bias_paths(old).values():
+        params = balance.set_leaf(params, path, balance.get_leaf(nudged, path))
+    return params
 
 
 def batch_shardings(cfg: Config, mesh: jax.sharding.Mesh) -> dict:

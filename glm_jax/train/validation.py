@@ -28,7 +28,8 @@ RESUMABLE_CHANGES = {
     "data": {"num_workers", "read_threads", "cache_dir"},
 }
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
-                "qkv_bias", "post_norms")
+                "qkv_bias", "post_norms", "qk_norm", "num_experts", "moe_ffn_hidden_size", "num_shared_experts",
+                "first_dense_layers", "mtp_layers")
 
 
 def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1) -> None:
@@ -41,14 +42,25 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
         if dim % mesh_sizes["tensor"]:
             raise ConfigError("mesh.tensor", f"model.{field}={dim} is not divisible by the tensor axis "
                               f"({mesh_sizes['tensor']})")
+    if m.is_moe:
+        if m.num_experts % mesh_sizes["expert"]:
+            raise ConfigError("mesh.expert", f"model.num_experts={m.num_experts} is not divisible by the expert axis "
+                              f"({mesh_sizes['expert']}); valid: "
+                              f"{[e for e in range(1, m.num_experts + 1) if m.num_experts % e == 0]}")
+        if m.moe_ffn_hidden_size % mesh_sizes["tensor"]:
+            raise ConfigError("mesh.tensor", f"model.moe_ffn_hidden_size={m.moe_ffn_hidden_size} is not divisible "
+                              f"by the tensor axis ({mesh_sizes['tensor']})")
+    elif mesh_sizes["expert"] > 1:
+        raise ConfigError("mesh.expert", f"is {mesh_sizes['expert']} but config {m.name!r} has no experts "
+                          f"(model.num_experts=0); leave mesh.expert=1")
     if m.hidden_size % mesh_sizes["fsdp"]:
         raise ConfigError("mesh.fsdp", f"model.hidden_size={m.hidden_size} is not divisible by the fsdp axis "
                           f"({mesh_sizes['fsdp']})")
-    rows = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    rows = mesh_sizes["data"] * mesh_sizes["fsdp"] * mesh_sizes["expert"]
     micro = t.batch_size // t.grad_accum
     if micro % rows:
         raise ConfigError("train.batch_size", f"the micro-batch batch_size/grad_accum = {micro} is not divisible "
-                          f"by data x fsdp = {rows}; use a multiple of {rows * t.grad_accum}, or move devices "
+                          f"by data x fsdp x expert = {rows}; use a multiple of {rows * t.grad_accum}, or move devices "
                           f"to mesh.sequence / mesh.tensor (rows may then span processes: "
                           f"{num_processes} process(es) here)")
     block = m.attention_block_q if m.attention in ("flash", "splash") else 1  # the Pallas kernels tile queries
