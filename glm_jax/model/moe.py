@@ -19,6 +19,9 @@ of a kernel tile (Air's 1,408 is fine: ragged_dot tiles internally, and the grou
 `model.moe_capacity_factor` > 0 is the explicit dropping option: each expert keeps its first
 capacity = ceil(cf x N x k / X) assignments (token order) and the rest contribute nothing.
 
+With an `expert` mesh axis > 1 the experts are split over it and tokens travel to them by
+all-to-all inside a `shard_map` (glm_jax.model.expert_parallel); the numbers are the local path's.
+
 Stats (per layer): `load` [X] fp32, the assignments each expert received; `dropped` the
 assignments cut by a capacity (always 0 when dropless).
 
@@ -93,13 +96,18 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
 
 def moe_block(h: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
     """h [B, T, D] (normed), p one layer's `moe` params -> (out [B, T, D], stats)."""
+    from glm_jax.model import expert_parallel  # imports this module's grouped_ffn
+
     B, T, D = h.shape
     x = h.reshape(B * T, D)
     with jax.named_scope("router"):
         weights, experts = route(x, p["router"]["kernel"], p["router"]["bias"], cfg)
     with jax.named_scope("experts"):
         wi, wo = p["experts"]["wi"]["kernel"], p["experts"]["wo"]["kernel"]
-        out, stats = routed_experts(x, weights, experts, wi, wo, cfg)
+        if expert_parallel.num_shards() > 1:  # experts split over the `expert` mesh axis: all-to-all
+            out, stats = expert_parallel.routed_experts(x, weights, experts, wi, wo, cfg, (B, T))
+        else:
+            out, stats = routed_experts(x, weights, experts, wi, wo, cfg)
     out = out.reshape(B, T, D)
     if "shared" in p:
         with jax.named_scope("shared_experts"):

@@ -23,10 +23,11 @@ def loss_and_grads(mesh_kw):
     p_sh = sharding.tree_shardings(mesh, spec.param_specs(cfg.model))
     with jax.set_mesh(mesh):
         fn = jax.jit(lambda p, b: grads_and_sums(p, b, cfg, p_sh), in_shardings=(p_sh, batch_shardings(cfg, mesh)))
-        grads, aux = fn(jax.device_put(params, p_sh), jax.device_put(batch, batch_shardings(cfg, mesh)))
-        if n > 1:  # the experts really are split over the expert axis
-            wi = jax.device_put(params, p_sh)["moe_layers"]["moe"]["experts"]["wi"]["kernel"]
-            assert wi.sharding.spec[1] == "expert"
+        args = jax.device_put(params, p_sh), jax.device_put(batch, batch_shardings(cfg, mesh))
+        if mesh_kw.get("expert", 1) > 1:  # the experts are split over the expert axis and tokens go by all-to-all
+            assert args[0]["moe_layers"]["moe"]["experts"]["wi"]["kernel"].sharding.spec[1] == "expert"
+            assert "all_to_all" in fn.lower(*args).as_text()
+        grads, aux = fn(*args)
     return jax.device_get((grads, aux))
 
 

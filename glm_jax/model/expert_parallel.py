@@ -1,0 +1,112 @@
+"""Expert parallelism: routed experts split over the `expert` mesh axis, tokens sent to them and
+back by all-to-all inside a `shard_map` (the only hand-placed collectives of the MoE block).
+
+    out, stats = routed_experts(x [N, D], weights [N, k], experts [N, k], wi, wo, cfg)
+
+Same contract and numbers as glm_jax.model.moe.routed_experts. Per device (inside the shard_map):
+its n tokens' A = n x k assignments are sorted by expert; the ones for the X / P experts of
+expert shard p go into row p of a send buffer [P, cap, D] (P = expert axis size), one all-to-all
+over `expert` delivers them, the receiving shard runs its experts as one grouped matmul
+(`moe.grouped_ffn`, after all-gathering its expert weights over `fsdp`; with a `tensor` axis each
+tensor shard computes its slice of every expert's ffn and a psum over `tensor` adds them up), a
+second all-to-all brings the results back, and they are unsorted and weighted like the local path.
+
+Dropless: cap = A, the most a device can send to one shard, so nothing is ever cut (the buffers
+are P x A rows: memory traded for never dropping). With `model.moe_capacity_factor` = cf > 0 the
+buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not fit is dropped
+and counted.
+
+Letters: N tokens, D hidden, k experts per token, A = n x k local assignments, X experts,
+P expert shards, C expert ffn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from glm_jax.config import ModelConfig
+from glm_jax.model.moe import grouped_ffn
+from glm_jax.sharding import sharding_for
+
+AXIS = "expert"
+TOKEN_AXES = ("data", "fsdp", "expert", "sequence")  # every axis tokens may be split over
+
+
+def num_shards() -> int:
+    """Size of the `expert` axis of the current mesh (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty or AXIS not in mesh.axis_names else mesh.shape[AXIS]
+
+
+def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: tuple[str, ...]):
+    """Inside the shard_map: x [n, D], weights / experts [n, k] (global expert ids), wi [X/P, D, 2, C'],
+    wo [X/P, C', D] (C' = C / tensor) -> ([n, D], load [X], dropped []) (the last two summed over
+    `token_axes`, the mesh axes the tokens are split over)."""
+    shards = jax.lax.axis_size(AXIS)
+    n, k = experts.shape
+    A = n * k
+    local_experts = cfg.num_experts // shards
+    cap = A if cfg.moe_capacity_factor == 0 else math.ceil(cfg.moe_capacity_factor * A / shards)
+    wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)
+    wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
+
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    sorted_experts = flat[order]
+    dest = sorted_experts // local_experts  # ascending with the experts
+    counts = jnp.bincount(dest, length=shards)
+    rank = jnp.arange(A) - (jnp.cumsum(counts) - counts)[dest]
+    keep = rank < cap
+    slot = jnp.where(keep, rank, cap)  # cap = out of range: dropped by the scatter below
+    send_x = jnp.zeros((shards, cap, x.shape[1]), x.dtype).at[dest, slot].set(x[order // k], mode="drop")
+    send_e = jnp.full((shards, cap), local_experts, jnp.int32).at[dest, slot].set(
+        sorted_experts - dest * local_experts, mode="drop")  # local expert id; local_experts = empty slot
+
+    recv_x = jax.lax.all_to_all(send_x, AXIS, 0, 0, tiled=True).reshape(shards * cap, -1)
+    recv_e = jax.lax.all_to_all(send_e, AXIS, 0, 0, tiled=True).reshape(-1)
+    order2 = jnp.argsort(recv_e, stable=True)  # empty slots sort last and come out of grouped_ffn as 0
+    sizes = jnp.bincount(recv_e, length=local_experts + 1)[:local_experts].astype(jnp.int32)
+    y = grouped_ffn(recv_x[order2], sizes, wi, wo)
+    y = jax.lax.psum(y, "tensor")  # each tensor shard held a slice of every expert's ffn
+    y = jnp.zeros_like(y).at[order2].set(y).reshape(shards, cap, -1)
+    back = jax.lax.all_to_all(y, AXIS, 0, 0, tiled=True)  # back[p]: what shard p computed for us
+
+    mine = jnp.where(keep[:, None], back[dest, jnp.minimum(slot, cap - 1)], jnp.zeros((), back.dtype))
+    mine = jnp.zeros_like(mine).at[order].set(mine).reshape(n, k, -1)
+    out = jnp.einsum("nkd,nk->nd", mine.astype(jnp.float32), weights).astype(x.dtype)
+    load = jax.lax.psum(jnp.bincount(flat, length=cfg.num_experts).astype(jnp.float32), token_axes)
+    dropped = jax.lax.psum(jnp.sum(~keep).astype(jnp.float32), token_axes)
+    return out, load, dropped
+
+
+def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax.Array, wo: jax.Array,
+                   cfg: ModelConfig, batch_shape: tuple[int, int]) -> tuple[jax.Array, dict]:
+    """x [N, D], weights / experts [N, k] with N = B x T (`batch_shape`), wi [X, D, 2, C], wo [X, C, D]
+    -> ([N, D], stats {load [X], dropped}), experts split over the `expert` mesh axis."""
+    mesh = jax.sharding.get_abstract_mesh()
+    B, T = batch_shape
+    k = experts.shape[1]
+    tok = sharding_for(mesh, (B, T), ("batch", "seq")).spec  # how the batch rows / positions lie
+    used = tuple(a for e in tok for a in ((e,) if isinstance(e, str) else (e or ())))
+    for name in mesh.axis_names:
+        if name in TOKEN_AXES and mesh.shape[name] > 1 and name not in used:
+            raise ValueError(f"expert parallelism needs the batch split over mesh axis {name!r} "
+                             f"(train.batch_size / train.seq_len must divide over it): got token spec {tok}")
+    row = P(*tok, None)
+
+    def local(x, w, e, wi, wo):
+        bl, tl = x.shape[:2]
+        out, load, dropped = _dispatch_local(x.reshape(bl * tl, -1), w.reshape(bl * tl, k), e.reshape(bl * tl, k),
+                                             wi, wo, cfg, used)
+        return out.reshape(bl, tl, -1), load, dropped
+
+    fn = jax.shard_map(local, mesh=mesh,
+                       in_specs=(row, row, row, P(AXIS, "fsdp", None, "tensor"), P(AXIS, "tensor", "fsdp")),
+                       out_specs=(row, P(), P()))
+    D = x.shape[1]
+    out, load, dropped = fn(x.reshape(B, T, D), weights.reshape(B, T, k), experts.reshape(B, T, k), wi, wo)
+    return out.reshape(B * T, D), {"load": load, "dropped": dropped}
