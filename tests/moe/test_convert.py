@@ -96,3 +96,4 @@ def test_mtp_layer_without_mtp_config_names_the_field(saved):
     cfg, src, _, _ = saved
     with pytest.raises(keymap.ConversionError, match="mtp_layers"):
         hf.import_dir(src, dataclasses.replace(cfg, mtp_layers=0))
+
