@@ -183,11 +183,19 @@ def program_costs(compiled) -> dict:
             "seconds": seconds if seconds > 0 else None}
 
 
+def _repeated_layers(cfg: Config) -> int:
+    """The layers the costs extrapolate over: all of them, or a MoE model's MoE layers (its dense
+    prefix and MTP module are in every loop-free variant, so in the constant term)."""
+    return cfg.model.num_moe_layers if cfg.model.is_moe else cfg.model.num_layers
+
+
 def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
-    layers, the loss in one chunk, `micro_batches` micro-batches' rows in one pass."""
+    layers (a MoE model: its dense prefix and `layers` MoE layers), the loss in one chunk,
+    `micro_batches` micro-batches' rows in one pass."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
-    model = dataclasses.replace(cfg.model, num_layers=layers, scan_layers=False)
+    total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
+    model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
     train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
     return dataclasses.replace(cfg, model=model, train=train)
 
@@ -255,6 +263,7 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
         "projected_step_seconds": step_seconds,
         "projected_mfu_xla": mfu_xla, "projected_mfu_model": mfu_model, "mfu_note": note,
         "collectives": colls,
+        "all_to_all_bytes_per_device": colls.get("all-to-all", {}).get("bytes", 0),
     }
 
 
@@ -299,7 +308,7 @@ def step_costs(cfg: Config, devices: list) -> dict:
     A = cfg.train.grad_accum
     corners = {(n, a): program_costs(compile_train_step(_loop_free(cfg, n, a), devices)[0])
                for n in (1, 2) for a in ((1, 2) if A > 1 else (1,))}
-    return _extrapolate(corners, cfg.model.num_layers, A)
+    return _extrapolate(corners, _repeated_layers(cfg), A)
 
 
 def plan(cfg: Config, topology: str) -> dict:

@@ -5,7 +5,7 @@
     cache = set_lengths(cache, prompt_lengths)            # rows continue after their own prompt
     logits, cache = extend(params, next_tokens[:, None], cache, cfg)   # one step
 
-Cache layout: k, v [L, B, S, K, E] (cfg.dtype) and `length` [B] int32 (tokens written per row).
+Cache layout: k, v [L, B, S, K, E] (cfg.dtype; a MoE model's dense layers first, then its MoE layers) and `length` [B] int32 (tokens written per row).
 New tokens of row b go to cache slots length[b] .. length[b] + T - 1 and take those positions
 for rotary; a query at position p sees cache slots <= p, so slots past a row's length (padding
 written during a batched prefill) are never read before they are overwritten.
@@ -67,6 +67,14 @@ def extend(params: dict, tokens: jax.Array, cache: dict, cfg: ModelConfig) -> tu
 
         return block(x, layer_params, cos, sin, attend, cfg)
 
-    x, (k, v) = jax.lax.scan(layer, x, (params["layers"], cache["k"], cache["v"]))
+    # the dense stack then (GLM-4.5) the MoE stack, each over its slice of the cache's L axis
+    ks, vs, first = [], [], 0
+    for name, n in (("layers", cfg.num_dense_layers), ("moe_layers", cfg.num_moe_layers)):
+        if n:
+            x, (k, v) = jax.lax.scan(layer, x, (params[name], cache["k"][first:first + n], cache["v"][first:first + n]))
+            ks.append(k)
+            vs.append(v)
+            first += n
+    k, v = (ks[0], vs[0]) if len(ks) == 1 else (jnp.concatenate(ks), jnp.concatenate(vs))
     x = rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
     return logits_from_hidden(params, x), {"k": k, "v": v, "length": start + tokens.shape[1]}

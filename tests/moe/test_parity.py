@@ -79,3 +79,23 @@ def test_correction_bias_changes_selection_not_weights():
     scores = jax.nn.sigmoid(x @ kernel)
     picked = jnp.take_along_axis(scores, idx, 1)
     np.testing.assert_allclose(w, picked / picked.sum(1, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_kv_cache_decoding_matches_forward_for_moe(pair):
+    """Prefill + one-token steps through both stacks equal the full forward pass."""
+    from glm_jax.model import decode
+
+    cfg, _, params = pair
+    if not cfg.qk_norm:
+        pytest.skip("decoding shares every code path between the two variants: run it once")
+    tokens = jax.random.randint(jax.random.key(5), (2, 12), 0, cfg.vocab_size)
+    full = model.forward(params, tokens, cfg)
+    cache = decode.init_cache(cfg, batch=2, max_len=16)
+    step = jax.jit(decode.extend, static_argnums=3)
+    logits, cache = step(params, tokens[:, :8], cache, cfg)
+    outs = [logits]
+    for t in range(8, 12):
+        logits, cache = step(params, tokens[:, t:t + 1], cache, cfg)
+        outs.append(logits)
+    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5)
