@@ -95,3 +95,26 @@ def test_moe_fields_on_a_dense_model_are_refused():
         ModelConfig(name="x", vocab_size=8, hidden_size=8, num_layers=2, num_heads=1, kv_groups=1, head_dim=8,
                     ffn_hidden_size=8, mtp_layers=1)
     assert e.value.field == "model.mtp_layers"
+
+
+def test_expert_mesh_axis_is_validated():
+    from glm_jax import sharding
+    from glm_jax.train import validation
+
+    cfg = config.Config(model=tiny_moe(), train=config.TrainConfig(seq_len=32, batch_size=8, loss_chunk=32),
+                        mesh=config.MeshConfig(expert=4, fsdp=2))
+    sizes = sharding.mesh_shape(cfg.mesh, 8)
+    assert sizes == {"data": 1, "fsdp": 2, "expert": 4, "sequence": 1, "tensor": 1}
+    validation.check_stage(cfg, sizes)
+    bad = replace(cfg, mesh=config.MeshConfig(expert=3, fsdp=1))
+    with pytest.raises(ConfigError) as e:
+        validation.check_stage(bad, sharding.mesh_shape(bad.mesh, 3))
+    assert e.value.field == "mesh.expert" and "num_experts=8" in str(e.value)
+    dense = replace(cfg, model=replace(cfg.model, num_experts=0, experts_per_token=0, moe_ffn_hidden_size=0,
+                                       num_shared_experts=0, first_dense_layers=0))
+    with pytest.raises(ConfigError, match="no experts") as e:
+        validation.check_stage(dense, sizes)
+    assert e.value.field == "mesh.expert"
+    with pytest.raises(ConfigError) as e:
+        config.MeshConfig(expert=0)
+    assert e.value.field == "mesh.expert"
