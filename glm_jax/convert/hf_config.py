@@ -5,7 +5,8 @@ Four formats: transformers' `GlmForCausalLM` ("glm"), its `Glm4ForCausalLM` ("gl
 written with naming "hf", and THUDM's ChatGLM remote-code config
 ("chatglm", naming "thudm"), written with every field of the released glm-4-9b-chat config.json.
 
-`FIELDS` is the one table of numerics-changing fields: for each, where each format states it.
+`FIELDS` (+ `MOE_FIELDS` for GLM-4.5) is the one table of numerics-changing fields: for each,
+where each format states it.
 `check_against` compares a checkpoint's config.json with our config through it and names the
 config field to fix; `model_config_from_hf` builds a ModelConfig through it. rope theta is
 written as 10000 x rope_ratio: transformers' own GLM converter writes 10000 whatever rope_ratio
@@ -81,7 +82,11 @@ FIELDS = (
     Field("qkv_bias", lambda d: d.get("attention_bias", d.get("model_type") != "glm4_moe"), _key("add_qkv_bias", False)),
     Field("post_norms", lambda d: d.get("model_type") == "glm4", lambda d: False,
           "RMSNorm on each sublayer's output (GLM-4-0414's Glm4ForCausalLM); ChatGLM has none"),
-    # GLM-4.5 (Glm4MoeForCausalLM); the other formats state none of these (a dense GLM-4).
+)
+
+# GLM-4.5 (Glm4MoeForCausalLM): what a glm4_moe config.json adds; the other formats state none of
+# these (a dense GLM-4: no experts, interleaved rotary).
+MOE_FIELDS = (
     Field("rotary_style", lambda d: "half" if d.get("model_type") == "glm4_moe" else "interleaved",
           lambda d: "interleaved", "Glm4Moe rotates half of the rotary dims against the other half (pairs i, i+R/2)"),
     Field("qk_norm", _moe("use_qk_norm", False), lambda d: False),
@@ -140,7 +145,7 @@ def check_against(hf: dict, cfg: ModelConfig) -> None:
     """Raises ConversionError naming the first field where a checkpoint's config.json disagrees
     with `cfg` (fields the file does not state are taken at its format's default)."""
     fmt = config_format(hf)
-    for f in FIELDS:
+    for f in FIELDS + MOE_FIELDS:
         theirs = (f.hf if fmt == "hf" else f.thudm)(hf)
         if theirs is not None and not _same(theirs, getattr(cfg, f.attr)):
             raise _mismatch(f, theirs, cfg, f"checkpoint config.json ({hf.get('model_type')})")
@@ -164,7 +169,7 @@ def check_thudm_weights(cfg: ModelConfig) -> None:
 def model_config_from_hf(hf: dict, name: str = "hf") -> ModelConfig:
     """Our ModelConfig for a checkpoint's config.json (transformers' Glm / Glm4 or THUDM's ChatGLM)."""
     fmt = config_format(hf)
-    values = {f.attr: (f.hf if fmt == "hf" else f.thudm)(hf) for f in FIELDS}
+    values = {f.attr: (f.hf if fmt == "hf" else f.thudm)(hf) for f in FIELDS + MOE_FIELDS}
     seq = hf.get("max_position_embeddings", 8192) if fmt == "hf" else hf.get("seq_length", 8192)
     return ModelConfig(name=name, max_seq_len=seq, **{k: v for k, v in values.items() if v is not None})
 

@@ -118,3 +118,24 @@ def test_expert_mesh_axis_is_validated():
     with pytest.raises(ConfigError) as e:
         config.MeshConfig(expert=0)
     assert e.value.field == "mesh.expert"
+
+
+# One changed value per MOE_FIELDS entry (each still a valid config of tiny_moe's shape).
+MOE_CHANGED = {"rotary_style": "interleaved", "qk_norm": False, "num_experts": 16, "experts_per_token": 3,
+               "moe_ffn_hidden_size": 48, "num_shared_experts": 2, "first_dense_layers": 2, "expert_groups": 4,
+               "expert_groups_per_token": 2, "norm_topk_prob": False, "routed_scaling_factor": 2.5, "mtp_layers": 0}
+
+
+def test_moe_config_json_round_trips_and_names_each_disagreeing_field():
+    from glm_jax.convert import hf_config
+
+    assert [f.attr for f in hf_config.MOE_FIELDS] == list(MOE_CHANGED)
+    cfg = tiny_moe(mtp_layers=1)
+    written = hf_config.to_hf_config(cfg, "hf", "bfloat16")
+    assert written["model_type"] == "glm4_moe" and written["architectures"] == ["Glm4MoeForCausalLM"]
+    hf_config.check_against(written, cfg)
+    back = hf_config.model_config_from_hf(written, name=cfg.name)
+    assert back == replace(cfg, init_std=back.init_std)
+    for attr, value in MOE_CHANGED.items():
+        with pytest.raises(keymap.ConversionError, match=rf"fix model\.{attr} "):
+            hf_config.check_against(written, replace(cfg, **{attr: value}))
