@@ -18,8 +18,8 @@ from tests.conftest import REPO, tiny_model
 
 
 def test_minus_one_fills_the_remaining_devices():
-    assert sharding.mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == {"data": 2, "fsdp": 2, "sequence": 1,
-                                                                             "tensor": 2}
+    assert sharding.mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == {"data": 2, "fsdp": 2, "expert": 1,
+                                                                             "sequence": 1, "tensor": 2}
     with pytest.raises(ConfigError, match="mesh"):
         sharding.mesh_shape(MeshConfig(data=3, fsdp=1), 8)
     with pytest.raises(ConfigError, match="mesh.fsdp"):
