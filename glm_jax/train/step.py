@@ -113,7 +113,7 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, tx: optax.Gradien
         metrics["mtp_loss"] = aux["mtp_ce"] / jnp.maximum(aux["mtp_weight"], 1.0)
         total = total + cfg.train.mtp_loss_weight * aux["mtp_ce"]
     metrics["total_loss"] = total / weight
-    stats = aux["stats"]
+    stats = aux.get("stats", {})  # MoE routing stats; a dense model's loss may report none
     if "moe_layers" in stats:
         # aux-loss-free balancing: the routing biases move by the step's loads, not by a gradient
         params = _balanced(params, state.params, stats, cfg.train.router_bias_rate)
