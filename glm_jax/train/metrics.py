@@ -38,7 +38,7 @@ from glm_jax.model import spec
 # Peak dense bf16 TFLOP/s per chip, by jax `device_kind`.
 PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
                "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0}
-DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices (aot.CHIPS agrees)
+DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices
 CHUNK_ROWS = 1000
 
 
