@@ -159,6 +159,7 @@ def _tasks(cfg: Config) -> list[tuple[object, float]]:
                               f"{task.name!r} ({task_vocab.vocab_size} ids incl. specials, {task_vocab!r}); "
                               f"raise model.vocab_size or use a smaller data.tokenizer")
         out.append((task, rate))
+    _check_objective(cfg, out)
     return out
 
 
@@ -232,9 +233,9 @@ def pack(ds: grain.MapDataset, cfg: Config, row: int, *, pairs: bool = False) ->
     return packed.map(_to_contract)
 
 
-def _pairs(cfg: Config, streams: list[TaskStream]) -> bool:
-    """Are the streams preference pairs? `train.objective` must agree: dpo needs pairs, lm refuses them."""
-    kinds = {st.cached.name: st.cached.has_pair_part for st in streams}
+def _check_objective(cfg: Config, tasks: list) -> None:
+    """`train.objective` and the data must agree: dpo needs preference pairs, lm refuses them."""
+    kinds = {task.name: tasks_lib.task_kind(task) == "preference" for task, _ in tasks}
     if cfg.train.objective == "dpo" and not all(kinds.values()):
         raise ConfigError("data.mixture", f"{cfg.data.mixture!r}: train.objective=dpo needs preference pairs, but "
                           f"task(s) {sorted(k for k, v in kinds.items() if not v)} are not preference tasks "
@@ -243,7 +244,6 @@ def _pairs(cfg: Config, streams: list[TaskStream]) -> bool:
         raise ConfigError("train.objective", f"{cfg.train.objective!r} trains on every labelled token, but data.mixture "
                           f"{cfg.data.mixture!r} holds preference pairs ({sorted(k for k, v in kinds.items() if v)}): "
                           f"set train.objective=dpo, or use a chat task for SFT")
-    return cfg.train.objective == "dpo"
 
 
 class RowsIterator(grain.DatasetIterator):
@@ -326,7 +326,7 @@ def make_iterator(cfg: Config, *, rows: Sequence[int], build_missing: bool = Tru
     """
     _check(cfg, rows)
     streams = task_streams(cfg, build_missing=build_missing)
-    pairs = _pairs(cfg, streams)
+    pairs = cfg.train.objective == "dpo"
     its = [iter(pack(row_examples(cfg, streams, int(r)), cfg, int(r), pairs=pairs)) for r in rows]
     return RowsIterator(rows, its, cfg.data.read_threads)
 
@@ -335,7 +335,7 @@ def epoch_rows(cfg: Config, *, build_missing: bool = True) -> dict[str, np.ndarr
     """Every example of `data.mixture` once, in file order, packed into rows: dicts of [N, T]
     arrays (the contract's fields), e.g. to evaluate on a held-out set. Not checkpointable."""
     streams = task_streams(cfg, build_missing=build_missing)
-    pairs = _pairs(cfg, streams)
+    pairs = cfg.train.objective == "dpo"
     one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1))
     rows = list(pack(row_examples(one, streams, 0, num_epochs=1, shuffle=False), one, 0, pairs=pairs))
     return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
