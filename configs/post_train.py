@@ -23,11 +23,13 @@ import os
 
 from glm_jax import config
 
-# name: (base config, seq_len, {stage: (batch, steps, lr, warmup)}).
+# name: (base config, seq_len, {stage: (batch, steps, lr, warmup)}). The debug plan's T = 512 holds
+# the longest bundled pair (a tool-call prompt twice, 442 tokens); its small batches keep it to
+# minutes on a CPU (a 512-token row holds ~4 pairs).
 # DPO lrs are ~20x below SFT's: DPO's gradient is that of a few-token log-ratio margin, and a
 # large step moves the policy far from the reference in a few updates (the usual 5e-7 at 9B).
 PLANS = {
-    "debug": ("debug.py", 512, {"sft": (8, 100, 1e-3, 10), "dpo": (8, 300, 5e-5, 10)}),
+    "debug": ("debug.py", 512, {"sft": (4, 60, 1e-3, 10), "dpo": (2, 200, 5e-5, 10)}),
     "glm4_9b_chat": ("glm4_9b_chat.py", 8192, {"sft": (64, 2000, 1e-5, 100), "dpo": (64, 1000, 5e-7, 50)}),
     "glm4_9b_0414": ("glm4_9b_0414.py", 8192, {"sft": (64, 2000, 1e-5, 100), "dpo": (64, 1000, 5e-7, 50)}),
 }

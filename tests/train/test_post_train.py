@@ -9,6 +9,7 @@ per-step metrics equal to the uninterrupted run, bit for bit.
 The model is the debug plan shrunk (2 layers, hidden 64; the bundled tokenizer's 4,096 ids) on one
 CPU device, so a few hundred steps fit in CI."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from glm_jax import config
+from glm_jax.data import loader
 from glm_jax.train import checkpoint, dpo, loop, metrics
 from tests.conftest import REPO
 
@@ -68,22 +70,16 @@ def straight(tmp_path_factory, cache):
     return workdir, ref_at_start, "".join(out)
 
 
-def _heldout(workdir):
-    stages = dict(checkpoint.read_stages(workdir))
-    cfg = dataclasses_replace_mixture(stages["dpo"], "bundled_prefs_heldout")
-    from glm_jax.data import loader
-
+def _heldout(workdir, cache):
+    """The DPO stage's config on the held-out pairs, and those pairs packed into rows."""
+    cfg = dict(checkpoint.read_stages(workdir))["dpo"]
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mixture="bundled_prefs_heldout",
+                                                            cache_dir=cache["data"]))
     return cfg, loader.epoch_rows(cfg)
 
 
-def dataclasses_replace_mixture(cfg, mixture):
-    import dataclasses
-
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mixture=mixture))
-
-
 @pytest.mark.slow
-def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_reference(straight):
+def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_reference(straight, cache):
     workdir, ref_at_start, out = straight
     end = SFT_STEPS + DPO_STEPS
     assert f"[dpo] starting from stage 'sft' step {SFT_STEPS}" in out and f"finished at step {end}" in out
@@ -91,7 +87,7 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
     policy, _ = checkpoint.restore_params(workdir, step=end)
     # The reference is SFT's last checkpoint, bit for bit the same before and after DPO.
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), sft, ref_at_start)
-    cfg, rows = _heldout(workdir)
+    cfg, rows = _heldout(workdir, cache)
     start = dpo.evaluate(sft, sft, rows, cfg)  # the start of DPO: policy = reference = SFT
     after = dpo.evaluate(policy, sft, rows, cfg)
     print(f"\nheld-out ({int(after['pairs'])} pairs) at DPO start: {json.dumps(start)}\nafter {DPO_STEPS} DPO steps: "
