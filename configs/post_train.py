@@ -1,6 +1,7 @@
 """Post-training as stages: SFT on chat data, then DPO on preference pairs against the SFT result.
 
     python -m glm_jax.train --config=configs/post_train.py:model=debug --workdir=/tmp/post
+    # 8 devices: the debug DPO batch is 2 rows, so --config.mesh.fsdp=2 --config.mesh.tensor=4
     python -m glm_jax.convert from-hf --hf=glm-4-9b-chat-hf/ --config=configs/glm4_9b_chat.py --out=CKPT
     python -m glm_jax.train --config=configs/post_train.py:model=glm4_9b_chat --workdir=gs://... \
         --config.train.init_from=CKPT --config.stages.sft.data.mixture=MY_SFT \

@@ -28,7 +28,7 @@ from tests.conftest import REPO
 SFT_STEPS, DPO_STEPS = 10, 200
 TINY = ["--config.model.num_layers=2", "--config.model.hidden_size=64", "--config.model.num_heads=4",
         "--config.model.head_dim=16", "--config.model.ffn_hidden_size=128", "--config.mesh.fsdp=1",
-        "--config.train.loss_chunk=128", "--config.train.log_every=10", "--config.checkpoint.every_steps=10",
+        "--config.train.loss_chunk=128", "--config.train.log_every=10", "--config.checkpoint.every_steps=1000",
         f"--config.stages.sft.train.steps={SFT_STEPS}", "--config.stages.sft.train.batch_size=2",
         "--config.stages.dpo.train.batch_size=1", "--config.stages.dpo.train.lr=1e-4"]
 PLAN = "configs/post_train.py:model=debug"
@@ -136,16 +136,17 @@ def test_plans_resolve_and_fit_8_devices():
         assert (sft_name, sft.train.objective, dpo_name, d.train.objective) == ("sft", "lm", "dpo", "dpo")
         assert d.dpo.reference == "" and d.train.optimizer_state == "reset" and d.train.lr < sft.train.lr
         assert sft.data.mixture == "bundled_chat_sft" and d.data.mixture == "bundled_prefs"
-    loop.validate(config.resolve_stages(config.load_config_dict(f"{REPO}/{PLAN}")))
+    eight = ["mesh.fsdp=2", "mesh.tensor=4"]  # the debug plan's 2-row DPO batches on 8 devices (README)
+    loop.validate(config.resolve_stages(config.apply_overrides(config.load_config_dict(f"{REPO}/{PLAN}"), eight)))
 
 
 def test_a_dpo_stage_without_a_reference_is_refused_before_anything_runs(tmp_path):
-    cd = config.load_config_dict(f"{REPO}/{PLAN}")
+    cd = config.apply_overrides(config.load_config_dict(f"{REPO}/{PLAN}"), ["mesh.fsdp=2", "mesh.tensor=4"])
     cd.stage_order = ("dpo",)
     del cd.stages["sft"]
     with pytest.raises(config.ConfigError, match=r"dpo.reference.*needs a reference policy"):
         loop.run(cd, str(tmp_path / "w"), make_iterator=None)
-    cd = config.load_config_dict(f"{REPO}/{PLAN}")
+    cd = config.apply_overrides(config.load_config_dict(f"{REPO}/{PLAN}"), ["mesh.fsdp=2", "mesh.tensor=4"])
     cd.stages["dpo"]["dpo"]["reference"] = str(tmp_path / "nowhere")
     with pytest.raises(config.ConfigError, match=r"stages.dpo.dpo.reference.*nowhere"):
         loop.run(cd, str(tmp_path / "w"), make_iterator=None)
