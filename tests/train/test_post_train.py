@@ -12,6 +12,7 @@ CPU device, so a few hundred steps fit in CI."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,11 +105,13 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
 
 @pytest.mark.slow
 def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight, cache, tmp_path):
-    """The interrupted run stops its DPO stage after 40 steps (train.steps is resumable; the DPO
-    schedule is constant after warmup, so its first steps are the straight run's: the lr column
-    below is compared too)."""
+    """The interrupted run starts from the straight run's SFT stage (copied: the same checkpoint) and
+    stops its DPO stage after 40 steps (train.steps is resumable; the DPO schedule is constant
+    after warmup, so its steps are the straight run's first: the lr column is compared too)."""
     workdir, _, _ = straight
     short = SFT_STEPS + 40
+    shutil.copytree(os.path.join(workdir, "checkpoints", "sft"), tmp_path / "checkpoints" / "sft")
+    shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
     proc = _popen(_cmd(tmp_path, dpo_steps=40), cache)
     out = []
     for line in proc.stdout:
@@ -118,14 +121,14 @@ def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight,
             break
     out += proc.stdout.readlines()
     assert proc.wait(timeout=600) == 0, "".join(out)[-3000:]
-    assert "[dpo] preempted at step" in "".join(out), "".join(out)[-3000:]
+    assert "[sft] finished earlier" in "".join(out) and "[dpo] preempted at step" in "".join(out), "".join(out)[-3000:]
     again = subprocess.run(_cmd(tmp_path, dpo_steps=40), env=_env(cache), cwd=REPO, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0 and "[dpo] restored checkpoint at step" in again.stdout, again.stdout[-3000:]
     keys = ("loss", "lr", "grad_norm", "rewards_chosen", "rewards_rejected", "preference_accuracy")
-    want = {r["step"]: [r[k] for k in keys if k in r] for r in metrics.read_rows(workdir) if r["step"] <= short}
-    got = {r["step"]: [r[k] for k in keys if k in r] for r in metrics.read_rows(str(tmp_path))}
-    assert sorted(got) == list(range(1, short + 1))
+    want = {r["step"]: [r[k] for k in keys] for r in metrics.read_rows(workdir) if SFT_STEPS < r["step"] <= short}
+    got = {r["step"]: [r[k] for k in keys] for r in metrics.read_rows(str(tmp_path))}
+    assert sorted(got) == list(range(SFT_STEPS + 1, short + 1))
     assert got == want  # bit for bit: model, optimizer, data order and the reference
 
 
