@@ -232,7 +232,9 @@ class DPOConfig:
     beta: float = 0.1
     loss: str = "sigmoid"  # one of DPO_LOSSES
     label_smoothing: float = 0.0  # robust only: the assumed rate of flipped preference labels, in [0, 0.5)
-    reference: str = ""  # "" = the params the stage starts from (previous stage's last checkpoint, or train.init_from); or a params checkpoint / workdir
+    # "" = the params the stage starts from (the previous stage's last checkpoint, or train.init_from);
+    # or a params-only checkpoint / training workdir (its latest params)
+    reference: str = ""
 
     def __post_init__(self):
         _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
