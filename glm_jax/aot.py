@@ -111,7 +111,9 @@ def compile_train_step(cfg: Config, devices: list):
     tx = opt_lib.make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         step = make_train_step(cfg, mesh, tx=tx)
-        lowered = step.lower(sharded_abstract_state(cfg, mesh, tx), abstract_batch(cfg, mesh))
+        state = sharded_abstract_state(cfg, mesh, tx)
+        reference = (state.params,) if cfg.train.objective == "dpo" else ()  # DPO: the frozen reference, sharded alike
+        lowered = step.lower(state, abstract_batch(cfg, mesh), *reference)
         try:
             return lowered.compile(), mesh
         except Exception as e:  # XlaRuntimeError from libtpu's compiler
