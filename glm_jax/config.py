@@ -37,6 +37,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("reference", "flash", "splash", "dot_product")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
 ROTARY_STYLES = ("interleaved", "half")  # GLM-4 pairs (2i, 2i+1); Glm4Moe (GLM-4.5) pairs (i, i + R/2)
+OBJECTIVES = ("lm", "dpo")  # train.objective: next-token cross-entropy (pre-training, SFT) or DPO on pairs
+DPO_LOSSES = ("sigmoid", "ipo", "robust")
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -228,8 +230,10 @@ class TrainConfig:
     log_every: int = 10
     init_from: str = ""  # params-only checkpoint (train.checkpoint.save_params) the first stage starts from
     peak_tflops: float = 0.0  # per-device peak for the MFU estimate; 0 = look up the device kind
+    objective: str = "lm"  # lm (cross-entropy under loss_mask: pre-training, SFT) | dpo (preference pairs; see dpo.*)
 
     def __post_init__(self):
+        _require(self.objective in OBJECTIVES, "train.objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
         for f in ("seq_len", "batch_size", "grad_accum", "steps"):
             _require(getattr(self, f) >= 1, f"train.{f}", f"must be >= 1, got {getattr(self, f)}")
         _require(self.batch_size % self.grad_accum == 0, "train.grad_accum",
@@ -283,16 +287,43 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimization (read when `train.objective` is "dpo"; glm_jax/train/dpo.py).
+
+    h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)), summed over each
+    response's tokens (ipo: averaged per token). Losses: sigmoid -log sigmoid(beta h) (DPO); ipo
+    (h - 1 / (2 beta))^2; robust: label-smoothed DPO, ((1 - e) -log sigmoid(beta h) - e -log
+    sigmoid(-beta h)) / (1 - 2e) with e = label_smoothing (preference labels flipped with prob. e)."""
+
+    beta: float = 0.1
+    loss: str = "sigmoid"  # one of DPO_LOSSES
+    label_smoothing: float = 0.0  # robust only: the assumed rate of flipped preference labels, in [0, 0.5)
+    # "" = the params the stage starts from (the previous stage's last checkpoint, or train.init_from);
+    # or a params-only checkpoint / training workdir (its latest params)
+    reference: str = ""
+
+    def __post_init__(self):
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _require(self.loss in DPO_LOSSES, "dpo.loss", f"must be one of {DPO_LOSSES}, got {self.loss!r}")
+        _require(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing",
+                 f"must be in [0, 0.5), got {self.label_smoothing}")
+        _require(self.label_smoothing == 0 or self.loss == "robust", "dpo.label_smoothing",
+                 f"{self.label_smoothing} is only used by dpo.loss=robust (label-smoothed DPO); "
+                 f"set dpo.loss=robust or label_smoothing=0 (loss is {self.loss!r})")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig
     mesh: MeshConfig = MeshConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     data: DataConfig = DataConfig()
+    dpo: DPOConfig = DPOConfig()
 
 
 _SECTION_TYPES = {"model": ModelConfig, "mesh": MeshConfig, "train": TrainConfig,
-                  "checkpoint": CheckpointConfig, "data": DataConfig}
+                  "checkpoint": CheckpointConfig, "data": DataConfig, "dpo": DPOConfig}
 
 
 # ---------------------------------------------------------------------------------------------

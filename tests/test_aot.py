@@ -81,8 +81,8 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
 def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    code = ("from glm_jax import aot; d = aot.topology_devices('v7:2x2x1'); "
-            "print(d[0].device_kind, len(d), aot.CHIPS[d[0].device_kind]['devices_per_chip'])")
+    code = ("from glm_jax import aot; from glm_jax.train import metrics; d = aot.topology_devices('v7:2x2x1'); "
+            "assert d[0].device_kind in aot.CHIPS; print(d[0].device_kind, len(d), metrics.DEVICES_PER_CHIP[d[0].device_kind])")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kind, n, per_chip = proc.stdout.split()[-3:]

@@ -5,7 +5,8 @@ before the checkpointed grain iterator. One directory per (task, vocabulary, sou
 preprocessors) key under the cache dir (a local path, a shared filesystem, or gs://):
 
     <cache_dir>/<task>-<key>/examples.array_record   record i = example i: int32 ids (little
-                                                     endian), then uint8 label mask if present
+                                                     endian), then uint8 label mask if present,
+                                                     then uint8 pair part (preference tasks)
     <cache_dir>/<task>-<key>/lengths.npy             int64 [N] tokens per example
     <cache_dir>/<task>-<key>/meta.json               task, vocabulary, counts, has_label_mask,
                                                      splittable, the files' sizes; written last
@@ -53,14 +54,25 @@ class CachedTask:
     path: str  # the local .array_record file (the cache itself, or its mirror)
     lengths: np.ndarray  # int64 [N]
     has_label_mask: bool
-    splittable: bool  # may an example be cut into several rows (text yes, chat no)
+    splittable: bool  # may an example be cut into several rows (text yes, chat and preference no)
+    has_pair_part: bool = False  # preference pairs: 0 on the chosen sequence, 1 on the rejected one
+
+    def _length(self, record: bytes) -> int:
+        return len(record) // (4 + self.has_label_mask + self.has_pair_part)
 
     def decode(self, record: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         """(ids int32 [L], label_mask uint8 [L] or None) of one record."""
-        n = len(record) // (5 if self.has_label_mask else 4)
+        n = self._length(record)
         ids = np.frombuffer(record, "<i4", count=n).astype(np.int32)
-        mask = np.frombuffer(record, np.uint8, offset=4 * n) if self.has_label_mask else None
+        mask = np.frombuffer(record, np.uint8, offset=4 * n, count=n) if self.has_label_mask else None
         return ids, mask
+
+    def pair_part(self, record: bytes) -> np.ndarray:
+        """uint8 [L] of a preference record: 0 where the chosen sequence is, 1 the rejected one."""
+        if not self.has_pair_part:
+            raise DataError(f"task {self.name!r} holds no preference pairs (no pair_part feature)")
+        n = self._length(record)
+        return np.frombuffer(record, np.uint8, offset=(4 + self.has_label_mask) * n, count=n)
 
 
 def cache_dir_for(configured: str) -> str:
@@ -128,7 +140,8 @@ def open_cached(task: seqio.Task, cache_dir: str) -> CachedTask:
         meta = json.load(f)
     return CachedTask(name=task.name, path=os.path.join(local, "examples.array_record"),
                       lengths=np.load(os.path.join(local, "lengths.npy")),
-                      has_label_mask=meta["has_label_mask"], splittable=meta["splittable"])
+                      has_label_mask=meta["has_label_mask"], splittable=meta["splittable"],
+                      has_pair_part=meta.get("has_pair_part", False))
 
 
 def _tmp_name(final: str) -> str:
@@ -206,6 +219,7 @@ def _tokenize(task: seqio.Task, out: str) -> str:
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     has_mask = "label_mask" in task.output_features  # always for our tasks; optional for others
+    has_part = "pair_part" in task.output_features  # preference tasks
     lengths = []
     writer = ArrayRecordWriter(os.path.join(out, "examples.array_record"), "group_size:1")
     try:
@@ -214,6 +228,8 @@ def _tokenize(task: seqio.Task, out: str) -> str:
             record = ids.tobytes()
             if has_mask:
                 record += np.asarray(ex["label_mask"], np.uint8).tobytes()
+            if has_part:
+                record += np.asarray(ex["pair_part"], np.uint8).tobytes()
             writer.write(record)
             lengths.append(len(ids))
     except BaseException:
@@ -228,7 +244,7 @@ def _tokenize(task: seqio.Task, out: str) -> str:
     splittable = bool(getattr(task.source, "splittable", True))
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump({"task": task.name, "num_examples": len(lengths), "num_tokens": int(sum(lengths)),
-                   "has_label_mask": has_mask, "splittable": splittable,
+                   "has_label_mask": has_mask, "has_pair_part": has_part, "splittable": splittable,
                    "vocab": repr(task.output_features["targets"].vocabulary),
                    "file_sizes": {n: os.path.getsize(os.path.join(out, n)) for n in _DATA_FILES}}, f, indent=1)
     return out

@@ -69,7 +69,8 @@ def system_text(content: str, tools: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def _turn_text(m: dict) -> str:
+def turn_text(m: dict) -> str:
+    """The text after a turn's role token (tool name + JSON arguments, or newline + content)."""
     if m["role"] == "assistant" and "tool_call" in m:
         return m["tool_call"]["name"] + "\n" + json.dumps(m["tool_call"]["arguments"], ensure_ascii=False)
     return "\n" + m["content"]
@@ -92,7 +93,7 @@ def render(conv: dict, vocab, where: str = "conversation") -> tuple[np.ndarray, 
         if m["role"] == "system":
             continue
         says = m["role"] == "assistant"
-        body = list(vocab.encode(_turn_text(m)))
+        body = list(vocab.encode(turn_text(m)))
         ids += [vocab.special_id(_ROLE_TOKEN[m["role"]]), *body]
         # The role token that ends an assistant turn is the assistant's to produce.
         mask += [1 if prev_assistant else 0] + [int(says)] * len(body)

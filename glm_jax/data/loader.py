@@ -20,6 +20,12 @@ several hosts may read the same row. Fields:
     loss_mask    float32  1 where `targets` counts: not padding, not across documents, and for
                           chat SFT only what the assistant says (chat.py)
 
+Preference pairs (`train.objective=dpo`, every task of the mixture a preference task, preference.py):
+a pair is one example (chosen then rejected) packed whole into one row; the k-th pair of a row
+has segment ids 2k-1 (chosen) and 2k (rejected), positions restarting at 0 for each, and
+loss_mask 1 only on each response. So the two sequences of a pair stay together through
+shuffling, packing, sharding (a row is one unit of the batch) and the iterator state.
+
 Streams are infinite: each task repeats, reshuffled per epoch deterministically from
 `cfg.data.seed`. Data is `cfg.data.mixture` (a registered seqio Task or Mixture, tasks.py),
 tokenized with `cfg.data.tokenizer` or the task's own vocabulary.
@@ -70,14 +76,24 @@ class TaskStream:
     read: "_ReadPiece"  # piece -> example dict, shared by every row stream
 
 
-def piece_table(cached: cache_lib.CachedTask, seq_len: int) -> np.ndarray:
-    """[P, 3] int64 (example, start, end): every example cut into consecutive pieces of <= seq_len."""
+def piece_table(cached: cache_lib.CachedTask, seq_len: int, locations=None) -> np.ndarray:
+    """[P, 3] int64 (example, start, end): every example cut into consecutive pieces of <= seq_len.
+
+    `locations` (optional): an iterable of each example's `file:line`, named in the error when an
+    example that may not be split (a conversation, a pair) is longer than seq_len."""
     lengths = cached.lengths
     if not cached.splittable and lengths.max() > seq_len:
-        i = int(np.argmax(lengths > seq_len))
-        raise ConfigError("train.seq_len", f"{seq_len} is shorter than example {i} of task {cached.name!r} "
-                          f"({int(lengths[i])} tokens; the longest is {int(lengths.max())}); "
-                          f"its examples are never split: raise train.seq_len or drop the long examples")
+        long = np.flatnonzero(lengths > seq_len)
+        i = int(long[0])
+        where = ""
+        if locations is not None:
+            at = dict(zip(range(len(lengths)), locations))
+            where = " at " + ", ".join(f"{at.get(int(j), '?')} ({int(lengths[j])} tokens)" for j in long[:5]) + \
+                (f" and {len(long) - 5} more" if len(long) > 5 else "")
+        what = "pair (chosen + rejected, kept in one row)" if cached.has_pair_part else "example"
+        raise ConfigError("train.seq_len", f"{seq_len} is shorter than {what} {i} of task {cached.name!r} "
+                          f"({int(lengths[i])} tokens; the longest is {int(lengths.max())}; {len(long)} too long"
+                          f"{where}); its examples are never split: raise train.seq_len or drop the long examples")
     counts = -(-lengths // seq_len)
     example = np.repeat(np.arange(len(lengths)), counts)
     first = np.repeat(np.cumsum(counts) - counts, counts)
@@ -87,7 +103,8 @@ def piece_table(cached: cache_lib.CachedTask, seq_len: int) -> np.ndarray:
 
 
 class _ReadPiece:
-    """piece (example, start, end) -> {tokens, targets, loss_mask} of length end - start."""
+    """piece (example, start, end) -> {tokens, targets, loss_mask} of length end - start; for a
+    preference pair (always whole) also pair_part (0 chosen, 1 rejected) and part_positions."""
 
     def __init__(self, cached: cache_lib.CachedTask):
         self._cached = cached
@@ -100,9 +117,15 @@ class _ReadPiece:
         has_next = nxt < len(ids)
         nxt = np.minimum(nxt, len(ids) - 1)
         label = np.ones(len(ids), np.uint8) if label is None else label
-        return {"tokens": ids[s:e],
-                "targets": np.where(has_next, ids[nxt], 0).astype(np.int32),
-                "loss_mask": np.where(has_next, label[nxt], 0).astype(np.float32)}
+        out = {"tokens": ids[s:e],
+               "targets": np.where(has_next, ids[nxt], 0).astype(np.int32),
+               "loss_mask": np.where(has_next, label[nxt], 0).astype(np.float32)}
+        if self._cached.has_pair_part:  # targets across the chosen -> rejected boundary are masked (label 0)
+            part = self._cached.pair_part(self._source[ex]).astype(np.int32)
+            chosen = int(np.sum(part == 0))
+            out["pair_part"] = part
+            out["part_positions"] = np.arange(len(ids), dtype=np.int32) - np.where(part == 1, chosen, 0)
+        return out
 
 
 def _seed(*parts: int) -> int:
@@ -136,6 +159,7 @@ def _tasks(cfg: Config) -> list[tuple[object, float]]:
                               f"{task.name!r} ({task_vocab.vocab_size} ids incl. specials, {task_vocab!r}); "
                               f"raise model.vocab_size or use a smaller data.tokenizer")
         out.append((task, rate))
+    _check_objective(cfg, out)
     return out
 
 
@@ -162,7 +186,8 @@ def task_streams(cfg: Config, *, build_missing: bool = True) -> list[TaskStream]
             raise ConfigError("data.cache_dir", f"{e}; build the caches first (`python -m glm_jax.data build "
                               f"--config=...` or `loader.build_caches(cfg)` on one process before the "
                               f"others open them), or point data.cache_dir at a built cache") from None
-        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len),
+        locations = task.source.locations() if hasattr(task.source, "locations") else None
+        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len, locations),
                                   task.output_features["targets"].vocabulary, _ReadPiece(cached)))
     return streams
 
@@ -186,21 +211,39 @@ def row_examples(cfg: Config, streams: list[TaskStream], row: int, *, num_epochs
 
 
 def _to_contract(row: dict) -> dict:
+    segments, positions = row["tokens_segment_ids"], row["tokens_positions"]
+    if "pair_part" in row:  # the k-th packed pair -> segments 2k-1 (chosen), 2k (rejected)
+        segments = np.where(segments > 0, 2 * segments - 1 + row["pair_part"], 0)
+        positions = row["part_positions"]
     return {"tokens": row["tokens"].astype(np.int32), "targets": row["targets"].astype(np.int32),
-            "positions": row["tokens_positions"].astype(np.int32),
-            "segment_ids": row["tokens_segment_ids"].astype(np.int32),
+            "positions": positions.astype(np.int32), "segment_ids": segments.astype(np.int32),
             "loss_mask": row["loss_mask"].astype(np.float32)}
 
 
-def pack(ds: grain.MapDataset, cfg: Config, row: int) -> grain.IterDataset:
-    """Packs stream `row`'s examples first-fit into rows of T (dicts of [T] arrays, the contract's fields)."""
+def pack(ds: grain.MapDataset, cfg: Config, row: int, *, pairs: bool = False) -> grain.IterDataset:
+    """Packs stream `row`'s examples first-fit into rows of T (dicts of [T] arrays, the contract's
+    fields); `pairs`: the examples are preference pairs (module docstring)."""
     seq_len = cfg.train.seq_len
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))  # read in the iterator's own thread
+    meta = ("targets", "loss_mask", *(("pair_part", "part_positions") if pairs else ()))
     packed = grain.experimental.FirstFitPackIterDataset(
-        it, length_struct={"tokens": seq_len, "targets": seq_len, "loss_mask": seq_len},
+        it, length_struct={"tokens": seq_len, **{k: seq_len for k in meta}},
         num_packing_bins=cfg.data.packing_bins or DEFAULT_PACKING_BINS, seed=_seed(cfg.data.seed, row),
-        shuffle_bins=True, meta_features=("targets", "loss_mask"))
+        shuffle_bins=True, meta_features=meta)
     return packed.map(_to_contract)
+
+
+def _check_objective(cfg: Config, tasks: list) -> None:
+    """`train.objective` and the data must agree: dpo needs preference pairs, lm refuses them."""
+    kinds = {task.name: tasks_lib.task_kind(task) == "preference" for task, _ in tasks}
+    if cfg.train.objective == "dpo" and not all(kinds.values()):
+        raise ConfigError("data.mixture", f"{cfg.data.mixture!r}: train.objective=dpo needs preference pairs, but "
+                          f"task(s) {sorted(k for k, v in kinds.items() if not v)} are not preference tasks "
+                          f"(register_preference_task; e.g. bundled_prefs)")
+    if cfg.train.objective != "dpo" and any(kinds.values()):
+        raise ConfigError("train.objective", f"{cfg.train.objective!r} trains on every labelled token, but data.mixture "
+                          f"{cfg.data.mixture!r} holds preference pairs ({sorted(k for k, v in kinds.items() if v)}): "
+                          f"set train.objective=dpo, or use a chat task for SFT")
 
 
 class RowsIterator(grain.DatasetIterator):
@@ -283,5 +326,16 @@ def make_iterator(cfg: Config, *, rows: Sequence[int], build_missing: bool = Tru
     """
     _check(cfg, rows)
     streams = task_streams(cfg, build_missing=build_missing)
-    its = [iter(pack(row_examples(cfg, streams, int(r)), cfg, int(r))) for r in rows]
+    pairs = cfg.train.objective == "dpo"
+    its = [iter(pack(row_examples(cfg, streams, int(r)), cfg, int(r), pairs=pairs)) for r in rows]
     return RowsIterator(rows, its, cfg.data.read_threads)
+
+
+def epoch_rows(cfg: Config, *, build_missing: bool = True) -> dict[str, np.ndarray]:
+    """Every example of `data.mixture` once, in file order, packed into rows: dicts of [N, T]
+    arrays (the contract's fields), e.g. to evaluate on a held-out set. Not checkpointable."""
+    streams = task_streams(cfg, build_missing=build_missing)
+    pairs = cfg.train.objective == "dpo"
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1))
+    rows = list(pack(row_examples(one, streams, 0, num_epochs=1, shuffle=False), one, 0, pairs=pairs))
+    return {k: np.stack([r[k] for r in rows]) for k in FEATURES}

@@ -3,15 +3,19 @@
 Registered on import:
     bundled_zh, bundled_en, bundled_code   pretraining text from data/corpus/*.jsonl.gz
     bundled_chat_sft                       chat/tool SFT conversations from data/sft/chat_sft.jsonl
+    bundled_prefs, bundled_prefs_heldout   zh/en preference pairs (DPO) from data/preference/{train,heldout}.jsonl
     bundled_zh_en                          mixture: zh 0.45, en 0.35, code 0.20 (the default)
     bundled_sft_mix                        mixture: chat 0.5, zh 0.25, en 0.25
 Your own data: `register_text_task(name, "dir/*.jsonl.gz")` (one document per jsonl row, field
-`text_key`; or one per .txt file), `register_chat_task(name, files)`, `register_mixture(name,
+`text_key`; or one per .txt file), `register_chat_task(name, files)`, `register_preference_task(name,
+files)` (pairs for `train.objective=dpo`, format: preference.py), `register_mixture(name,
 [(task, rate), ...])`, then `--config.data.mixture=name`.
 
 Each Task tokenizes with its output feature `targets`' vocabulary (a `seqio.Vocabulary` from
 tokenizer.py) and has a `label_mask` feature (1 = a token training predicts): text -> ids +
-`<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks.
+`<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks;
+preference -> `preference.render_pair` (chosen then rejected as one example, labels on the two
+responses) with a third feature `pair_part` (0 chosen, 1 rejected).
 The loader materializes a Task once into an ArrayRecord cache (cache.py) and serves it
 with grain; seqio's feature converters are never used, since they treat token id 0 as padding.
 """
@@ -30,7 +34,7 @@ import seqio
 import tensorflow as tf
 
 from glm_jax import storage
-from glm_jax.data import chat
+from glm_jax.data import chat, preference
 from glm_jax.data.errors import DataError
 from glm_jax.data.paths import DATA_DIR
 from glm_jax.data.tokenizer import bundled_tokenizer
@@ -40,8 +44,9 @@ class DocumentSource(seqio.FunctionDataSource):
     """Documents from files (local paths or gs:// URLs, globs allowed), in sorted file order, split `train`.
 
     `.jsonl[.gz]`: one document per line, `text_key` field (chat: the whole row is a conversation).
-    `.txt[.gz]`: the whole file is one document. `splittable`: may a document be cut into
-    several rows (text yes; a conversation never).
+    `.txt[.gz]`: the whole file is one document. `kind`: text, chat (the row is a conversation)
+    or preference (the row is a pair). `splittable`: may a document be cut into several rows
+    (text yes; a conversation or a pair never).
     """
 
     def __init__(self, patterns: str | Sequence[str], *, text_key: str = "text", kind: str = "text"):
@@ -55,8 +60,8 @@ class DocumentSource(seqio.FunctionDataSource):
         for f in files:
             if not f.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")):
                 raise DataError(f"{f}: unsupported file type; use .jsonl, .jsonl.gz, .txt or .txt.gz")
-            if kind == "chat" and not f.endswith((".jsonl", ".jsonl.gz")):
-                raise DataError(f"{f}: chat conversations must be .jsonl[.gz], one conversation per line")
+            if kind in ("chat", "preference") and not f.endswith((".jsonl", ".jsonl.gz")):
+                raise DataError(f"{f}: {kind} rows must be .jsonl[.gz], one per line")
         self.files = tuple(storage.resolve(f) for f in files)
         self.text_key = text_key
         self.kind = kind
@@ -70,31 +75,47 @@ class DocumentSource(seqio.FunctionDataSource):
             h.update(f"|{f}|{size}|{mtime_ns}".encode())
         return h.hexdigest()[:16]
 
-    def documents(self) -> Iterator[str]:
-        """Each document's text (chat: the conversation as JSON), validated; errors name file:line."""
+    def locations(self) -> Iterator[str]:
+        """`file:line` of each document in order (document i is the i-th one yielded)."""
+        for path, lineno, _ in self._lines():
+            yield f"{path}:{lineno}" if lineno else path
+
+    def _lines(self) -> Iterator[tuple[str, int, str]]:
+        """(file, line number or 0 for a whole .txt file, text) of every non-blank row."""
         for path in self.files:
             with storage.open_file(path, "rb") as raw, \
                     io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw,
                                      encoding="utf-8") as f:
                 if path.endswith((".txt", ".txt.gz")):
-                    yield f.read()
+                    yield path, 0, f.read()
                     continue
                 for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    where = f"{path}:{lineno}"
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{where}: not valid JSON ({e})") from None
-                    if self.kind == "chat":
-                        chat.validate(row, where)
-                        yield json.dumps(row, ensure_ascii=False)
-                    elif not isinstance(row, dict) or not isinstance(row.get(self.text_key), str):
-                        raise DataError(f"{where}: row has no string field {self.text_key!r} "
-                                        f"(set text_key= to the field holding the document)")
-                    else:
-                        yield row[self.text_key]
+                    if line.strip():
+                        yield path, lineno, line
+
+    def documents(self) -> Iterator[str]:
+        """Each document's text (chat: the conversation as JSON; preference: the pair as JSON),
+        validated; errors name file:line."""
+        for path, lineno, text in self._lines():
+            if not lineno:
+                yield text
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e})") from None
+            if self.kind == "chat":
+                chat.validate(row, where)
+                yield json.dumps(row, ensure_ascii=False)
+            elif self.kind == "preference":  # rendering errors name the row too
+                preference.validate(row, where)
+                yield json.dumps({"where": where, "row": row}, ensure_ascii=False)
+            elif not isinstance(row, dict) or not isinstance(row.get(self.text_key), str):
+                raise DataError(f"{where}: row has no string field {self.text_key!r} "
+                                f"(set text_key= to the field holding the document)")
+            else:
+                yield row[self.text_key]
 
     def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del split, shuffle_files, seed  # order is fixed; grain shuffles after caching
@@ -117,6 +138,24 @@ def render_chat(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
     return dataset.map(fn)
 
 
+def render_pairs(dataset: tf.data.Dataset, output_features) -> tf.data.Dataset:
+    """seqio preprocessor: pair JSON -> {targets: chosen ids + rejected ids, label_mask: 1 on the two
+    responses, pair_part: 0 chosen / 1 rejected} (preference.render_pair)."""
+    vocab = output_features["targets"].vocabulary
+
+    def render(s: bytes):
+        doc = json.loads(s.decode("utf-8"))
+        ids, mask, part = preference.render_pair(doc["row"], vocab, doc["where"])
+        return ids, mask.astype("int32"), part.astype("int32")
+
+    def fn(ex):
+        ids, mask, part = tf.numpy_function(render, [ex["text"]], (tf.int32, tf.int32, tf.int32), stateful=False)
+        return {"targets": tf.ensure_shape(ids, [None]), "label_mask": tf.ensure_shape(mask, [None]),
+                "pair_part": tf.ensure_shape(part, [None])}
+
+    return dataset.map(fn)
+
+
 def full_label_mask(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """seqio preprocessor for text: every token is a label (same features as chat, so both mix)."""
     return dataset.map(lambda ex: {**ex, "label_mask": tf.ones_like(ex["targets"])})
@@ -124,13 +163,18 @@ def full_label_mask(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def _features(vocab, kind: str) -> dict:
     # Chat ids end in <|endoftext|> already (chat.render); text gets it from seqio's append_eos.
-    return {"targets": seqio.Feature(vocab, add_eos=kind == "text", dtype=tf.int32),
-            "label_mask": seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)}
+    features = {"targets": seqio.Feature(vocab, add_eos=kind == "text", dtype=tf.int32),
+                "label_mask": seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)}
+    if kind == "preference":
+        features["pair_part"] = seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)
+    return features
 
 
 def _preprocessors(kind: str) -> list:
     if kind == "chat":
         return [render_chat]
+    if kind == "preference":
+        return [render_pairs]
     return [functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
             seqio.preprocessors.tokenize, seqio.preprocessors.append_eos, full_label_mask]
 
@@ -150,6 +194,16 @@ def register_text_task(name: str, files: str | Sequence[str], *, vocabulary=None
 def register_chat_task(name: str, files: str | Sequence[str], *, vocabulary=None):
     """Chat/tool SFT from .jsonl[.gz] conversations (format: glm_jax/data/chat.py)."""
     return _add_task(name, DocumentSource(files, kind="chat"), vocabulary or bundled_tokenizer())
+
+
+def register_preference_task(name: str, files: str | Sequence[str], *, vocabulary=None):
+    """DPO preference pairs from .jsonl[.gz] rows (format: glm_jax/data/preference.py)."""
+    return _add_task(name, DocumentSource(files, kind="preference"), vocabulary or bundled_tokenizer())
+
+
+def task_kind(task: seqio.Task) -> str:
+    """text, chat or preference: what a task's examples are (`train.objective=dpo` needs preference)."""
+    return getattr(task.source, "kind", "text")
 
 
 def register_mixture(name: str, tasks_and_rates: Sequence[tuple[str, float]]) -> seqio.Mixture:
@@ -194,6 +248,8 @@ def _register_bundled() -> None:
     for lang in ("zh", "en", "code"):
         register_text_task(f"bundled_{lang}", os.path.join(corpus, f"{lang}.jsonl.gz"))
     register_chat_task("bundled_chat_sft", os.path.join(DATA_DIR, "sft", "chat_sft.jsonl"))
+    register_preference_task("bundled_prefs", os.path.join(DATA_DIR, "preference", "train.jsonl"))
+    register_preference_task("bundled_prefs_heldout", os.path.join(DATA_DIR, "preference", "heldout.jsonl"))
     register_mixture("bundled_zh_en", [("bundled_zh", 0.45), ("bundled_en", 0.35), ("bundled_code", 0.20)])
     register_mixture("bundled_sft_mix", [("bundled_chat_sft", 0.5), ("bundled_zh", 0.25), ("bundled_en", 0.25)])
 

@@ -15,7 +15,10 @@ Per stage: Mesh -> Restore or init -> Loop (step, metrics, checkpoint, preemptio
 resumes from its own latest checkpoint; a new stage starts from the previous stage's last
 checkpoint (params; optimizer moments if `train.optimizer_state=keep`) with a fresh data
 iterator; the first stage starts from `train.init_from` or random params. A finished stage is
-skipped. The host does not wait on the device between log or checkpoint steps: metrics stay on
+skipped. A DPO stage (`train.objective=dpo`) also loads its frozen reference policy, sharded like
+the params: `dpo.reference` if set, else the params the stage starts from (the previous stage's
+last checkpoint, or `train.init_from`); it is read from there again on resume, never saved, never
+updated. The host does not wait on the device between log or checkpoint steps: metrics stay on
 device until then, and a non-finite loss or gradient norm is caught there, before any save,
 naming the first bad step. On SIGTERM (one process) or JAX's multi-host preemption sync point
 (SIGTERM to any process) every process saves the same step and returns; rerunning the same
@@ -131,6 +134,26 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
     return state_lib.init_state(cfg, mesh, tx)
 
 
+def _reference(name: str, cfg: Config, mesh, workdir: str, prev: tuple[str, Config] | None, start: int) -> dict:
+    """The frozen DPO reference params of a stage, sharded like the policy (see the module docstring)."""
+    if cfg.dpo.reference or prev is None:  # checked by validation.check_reference
+        path = cfg.dpo.reference or cfg.train.init_from
+        params, _ = ckpt_lib.restore_params(path, mesh=mesh)
+        _log(f"[{name}] DPO reference: params {path}")
+        return params
+    prev_name, _ = prev
+    prev_ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, prev_name), read_only=True)
+    try:
+        if prev_ckpts.latest_step() != start:
+            raise RuntimeError(f"stage {name!r} takes its DPO reference from stage {prev_name!r}'s checkpoint at step "
+                               f"{start}, found {prev_ckpts.latest_step()}")
+        params = prev_ckpts.restore_params(start, ckpt_lib.params_target(cfg, mesh))
+    finally:
+        prev_ckpts.close()
+    _log(f"[{name}] DPO reference: stage {prev_name!r} step {start}")
+    return params
+
+
 def _first_bad(rows: list[dict]) -> dict | None:
     return next((r for r in rows if not (math.isfinite(r["total_loss"]) and math.isfinite(r["grad_norm"]))), None)
 
@@ -159,6 +182,7 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
         else:
             state = _start_state(name, cfg, mesh, tx, workdir, prev, start)
         step_fn = make_train_step(cfg, mesh, stage_start=start, tx=tx)
+        extra = (_reference(name, cfg, mesh, workdir, prev, start),) if cfg.train.objective == "dpo" else ()
         step = int(jax.device_get(state.step))
         metrics = Metrics(workdir, name, cfg, step, end)
         every, log_every = cfg.checkpoint.every_steps, cfg.train.log_every
@@ -171,7 +195,7 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
                     _check_batch(local, cfg, len(rows))
                     checked = True
                 batch = sharding.global_batch(local, mesh, B, rows)
-                state, m = step_fn(state, batch)
+                state, m = step_fn(state, batch, *extra)
                 step += 1
                 metrics.record(step, m)
                 preempted = step < end and preemption.reached(ckpts.manager, step)

@@ -17,7 +17,8 @@ Where it goes (process 0 only; WORKDIR local or gs://, see glm_jax.storage):
 FLOPs per token (`train_flops_per_token`) count matmuls only: 6 x (params touched by matmuls,
 i.e. all but the embedding table) for forward + backward, plus causal attention's
 QK^T and PV: 6 x L x H x E x T (12 x ... halved by the causal mask). Remat recompute is not
-counted (MFU, not hardware utilisation).
+counted (MFU, not hardware utilisation). A DPO step adds the reference policy's forward pass:
+4/3 of that per token.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from glm_jax.model import spec
 # Peak dense bf16 TFLOP/s per chip, by jax `device_kind`.
 PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
                "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0}
-DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices (aot.CHIPS agrees)
+DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices
 CHUNK_ROWS = 1000
 
 
@@ -106,6 +107,8 @@ class Metrics:
         self.chunks = _Chunks(workdir) if self.primary else None
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         self.flops_per_step = train_flops_per_token(cfg.model, cfg.train.seq_len) * self.tokens_per_step
+        if cfg.train.objective == "dpo":  # + the reference's forward (a third of forward + backward)
+            self.flops_per_step *= 4.0 / 3.0
         self.peak = peak_flops_per_device(cfg, jax.devices()[0].device_kind)
         self.num_devices = jax.device_count()
         self._pending: list[tuple[int, dict]] = []
@@ -148,6 +151,8 @@ class Metrics:
                f"{row['grad_norm']:.3f}  lr {row['lr']:.3g}"
         if "mtp_loss" in row:  # the MTP module's own loss, apart from the main one
             line += f"  mtp_loss {row['mtp_loss']:.4f}  load max/mean {row['moe_load_imbalance']:.2f}"
+        if "preference_accuracy" in row:  # DPO
+            line += f"  acc {row['preference_accuracy']:.2f}  margin {row['reward_margin']:.3f}"
         if self._timed_steps:
             sec = self._timed / self._timed_steps
             scalars["tokens_per_sec"] = self.tokens_per_step / sec

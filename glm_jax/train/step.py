@@ -2,7 +2,11 @@
 
     step_fn = make_train_step(cfg, mesh, stage_start)
     with jax.set_mesh(mesh):
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch)                # train.objective=lm
+        state, metrics = step_fn(state, batch, ref_params)    # train.objective=dpo (glm_jax/train/dpo.py)
+
+`ref_params`, the frozen DPO reference, is sharded like the params and neither differentiated
+nor donated: the step only reads it.
 
 A batch is a dict of [B, T] arrays (BATCH_FIELDS), B = train.batch_size (global rows).
 With `train.grad_accum = A` the rows are split into A micro-batches of B/A rows (row r goes to
@@ -24,6 +28,7 @@ from glm_jax import sharding
 from glm_jax.config import Config
 from glm_jax.model import hidden_states_and_stats, output_logits
 from glm_jax.train import balance
+from glm_jax.train import dpo as dpo_lib
 from glm_jax.train import loss as loss_lib
 from glm_jax.train import optimizer as opt_lib
 from glm_jax.train.state import TrainState, state_shardings
@@ -69,9 +74,19 @@ def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
     return total, aux
 
 
-def grads_and_sums(params: dict, batch: dict, cfg: Config, param_sh=None) -> tuple[dict, dict]:
+def objective_sums(cfg: Config, ref_params: dict | None = None) -> Callable:
+    """(params, batch) -> (summed loss to differentiate, {sums..., "weight"}) for `train.objective`."""
+    if cfg.train.objective == "dpo":
+        if ref_params is None:
+            raise ValueError("train.objective=dpo needs the reference params (the step's third argument)")
+        return functools.partial(dpo_lib.loss_sums, cfg=cfg, ref_params=ref_params)
+    return functools.partial(loss_sums, cfg=cfg)
+
+
+def grads_and_sums(params: dict, batch: dict, cfg: Config, param_sh=None,
+                   ref_params: dict | None = None) -> tuple[dict, dict]:
     """Summed gradients (fp32) and loss sums over the whole batch, accumulating micro-batches."""
-    grad_fn = jax.grad(functools.partial(loss_sums, cfg=cfg), has_aux=True)
+    grad_fn = jax.grad(objective_sums(cfg, ref_params), has_aux=True)
 
     def one(mb):
         g, aux = grad_fn(params, mb)
@@ -95,9 +110,18 @@ def grads_and_sums(params: dict, batch: dict, cfg: Config, param_sh=None) -> tup
     return g, aux
 
 
-def train_step(state: TrainState, batch: dict, *, cfg: Config, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, stage_start: int, param_sh=None) -> tuple[TrainState, dict]:
-    grads, aux = grads_and_sums(state.params, batch, cfg, param_sh)
+def _metrics(aux: dict, weight: jax.Array, cfg: Config) -> dict:
+    if cfg.train.objective == "dpo":  # per-pair means; "total_loss" is what the non-finite check reads
+        out = {k: aux[k] / weight for k in (*dpo_lib.METRICS, "policy_accuracy")}
+        return {**out, "total_loss": out["loss"], "pairs": aux["pairs"]}
+    return {"loss": aux["ce"] / weight, "z_loss": aux["z"] / weight,
+            "total_loss": (aux["ce"] + cfg.train.z_loss * aux["z"]) / weight}
+
+
+def train_step(state: TrainState, batch: dict, ref_params: dict | None = None, *, cfg: Config,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, stage_start: int,
+               param_sh=None) -> tuple[TrainState, dict]:
+    grads, aux = grads_and_sums(state.params, batch, cfg, param_sh, ref_params)
     weight = jnp.maximum(aux["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
     grad_norm = optax.global_norm(grads)
@@ -105,14 +129,11 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, tx: optax.Gradien
     lr = schedule(state.step - stage_start)
     params = optax.apply_updates(state.params, opt_lib.apply_lr(updates, lr))
     params = jax.tree.map(lambda new, old: new.astype(old.dtype), params, state.params)
-    total = aux["ce"] + cfg.train.z_loss * aux["z"]
-    metrics = {"loss": aux["ce"] / weight, "z_loss": aux["z"] / weight,
-               "grad_norm": grad_norm, "lr": lr, "loss_weight": aux["weight"],
+    metrics = {**_metrics(aux, weight, cfg), "grad_norm": grad_norm, "lr": lr, "loss_weight": aux["weight"],
                "tokens": jnp.sum(batch["loss_mask"])}
     if "mtp_ce" in aux:  # logged apart from the main loss
         metrics["mtp_loss"] = aux["mtp_ce"] / jnp.maximum(aux["mtp_weight"], 1.0)
-        total = total + cfg.train.mtp_loss_weight * aux["mtp_ce"]
-    metrics["total_loss"] = total / weight
+        metrics["total_loss"] = metrics["total_loss"] + cfg.train.mtp_loss_weight * aux["mtp_ce"] / weight
     stats = aux.get("stats", {})  # MoE routing stats; a dense model's loss may report none
     if "moe_layers" in stats:
         # aux-loss-free balancing: the routing biases move by the step's loads, not by a gradient
@@ -144,11 +165,16 @@ def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh) -> dict:
 
 def make_train_step(cfg: Config, mesh: jax.sharding.Mesh, stage_start: int = 0,
                     tx: optax.GradientTransformation | None = None) -> Callable:
-    """jit(train_step) with in/out shardings from the spec tree; the state argument is donated.
-    Call (and lower) it under `jax.set_mesh(mesh)`."""
+    """jit(train_step) with in/out shardings from the spec tree; the state argument is donated
+    (the DPO reference, a third argument sharded like the params, is not). Call (and lower) it
+    under `jax.set_mesh(mesh)`."""
     tx = tx or opt_lib.make_optimizer(cfg.train)
     st_sh = state_shardings(cfg, mesh, tx)
     fn = functools.partial(train_step, cfg=cfg, tx=tx, schedule=opt_lib.learning_rate(cfg.train),
                            stage_start=stage_start, param_sh=st_sh.params)
-    return jax.jit(fn, in_shardings=(st_sh, batch_shardings(cfg, mesh)),
-                   out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
+    in_sh = (st_sh, batch_shardings(cfg, mesh))
+    if cfg.train.objective == "dpo":
+        in_sh += (st_sh.params,)
+    else:
+        fn = functools.partial(fn, ref_params=None)
+    return jax.jit(fn, in_shardings=in_sh, out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)

@@ -77,7 +77,7 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
 
 def _changed_fields(old: Config, new: Config) -> list[str]:
     changed = []
-    for section in ("model", "mesh", "train", "checkpoint", "data"):
+    for section in ("model", "mesh", "train", "checkpoint", "data", "dpo"):
         a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
         allowed = RESUMABLE_CHANGES.get(section, set())
         changed += [f"{section}.{k} ({a[k]!r} there, {b[k]!r} now)" for k in a
@@ -123,6 +123,28 @@ def check_init_from(cfg: Config) -> None:
                           + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
 
 
+def check_reference(cfg: Config, first: bool) -> None:
+    """A DPO stage needs a reference policy: dpo.reference, or params it starts from (a previous
+    stage, or train.init_from for the first stage); a given one must hold this model's shapes."""
+    if cfg.train.objective != "dpo":
+        return
+    path = cfg.dpo.reference
+    if not path:
+        if first and not cfg.train.init_from:
+            raise ConfigError("dpo.reference", "a DPO stage needs a reference policy: run it after an SFT stage "
+                              "(its last checkpoint is the reference), or set train.init_from (the params it starts "
+                              "from and the reference) or dpo.reference (a params checkpoint or training workdir)")
+        return
+    try:
+        src = ckpt_lib.read_stages(path)[-1][1].model
+    except FileNotFoundError as e:
+        raise ConfigError("dpo.reference", f"{path!r}: {e}") from None
+    differ = sorted(f for f in SHAPE_FIELDS if getattr(src, f) != getattr(cfg.model, f))
+    if differ:
+        raise ConfigError("dpo.reference", f"{path} holds a model that differs in "
+                          + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
+
+
 def check_stages(stages: list[tuple[str, Config]], *, num_devices: int, num_processes: int) -> None:
     """check_stage for every stage on `num_devices`; errors carry `stages.<name>.` when there are stages."""
     for i, (name, cfg) in enumerate(stages):
@@ -131,6 +153,7 @@ def check_stages(stages: list[tuple[str, Config]], *, num_devices: int, num_proc
             check_stage(cfg, sizes, num_processes)
             if i == 0:
                 check_init_from(cfg)
+            check_reference(cfg, first=i == 0)
         except ConfigError as e:
             if len(stages) == 1:
                 raise

@@ -1,6 +1,6 @@
 """Compiles the kernels and the debug model's training step for a TPU topology, without a TPU.
 
-    python -m tests.kernels.tpu_compile v5e:2x2     # prints one JSON line per compiled program
+    python -m tests.kernels.tpu_compile v5e:2x2 [--kernels-only]   # one JSON line per compiled program
 
 Run in its own process by tests/kernels/test_tpu_compile.py: it loads libtpu next to the CPU
 backend. Mosaic compiles each kernel for the topology's chip, which checks VMEM use and layouts."""
@@ -64,4 +64,5 @@ def compile_train_steps(devices):
 if __name__ == "__main__":
     topo = topologies.get_topology_desc(topology_name=sys.argv[1], platform="tpu")
     compile_kernels(topo.devices[0])
-    compile_train_steps(topo.devices)
+    if "--kernels-only" not in sys.argv[2:]:
+        compile_train_steps(topo.devices)
