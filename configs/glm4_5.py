@@ -26,43 +26,26 @@ with them); 358,337,791,296 with the MTP layer, its own embedding and head inclu
 "358B" safetensors count).
 """
 
+import os
+
 from glm_jax import config
 
 
 def get_config(arg=None):
+    """GLM-4.5-Air's config with the fields in which GLM-4.5 differs (the rest is shared)."""
     del arg
-    c = config.default_config_dict()
+    c = config.load_config_dict(os.path.join(os.path.dirname(__file__), "glm4_5_air.py"))
     c.model.update(
         name="glm4_5",
-        vocab_size=151552,  # vocab_size
         hidden_size=5120,  # hidden_size
         num_layers=92,  # num_hidden_layers
-        num_heads=96,  # num_attention_heads
-        kv_groups=8,  # num_key_value_heads
-        head_dim=128,  # head_dim
         ffn_hidden_size=12288,  # intermediate_size (the 3 dense first layers)
-        rms_norm_eps=1e-5,  # rms_norm_eps
-        rope_ratio=100.0,  # rope_theta 1,000,000
-        rotary_fraction=0.5,  # partial_rotary_factor
-        rotary_style="half",  # transformers' Glm4Moe: rotate-half
-        max_seq_len=131072,  # max_position_embeddings
-        qkv_bias=True,  # attention_bias
         qk_norm=True,  # use_qk_norm
         num_experts=160,  # n_routed_experts
-        experts_per_token=8,  # num_experts_per_tok
         moe_ffn_hidden_size=1536,  # moe_intermediate_size
-        num_shared_experts=1,  # n_shared_experts
         first_dense_layers=3,  # first_k_dense_replace
-        expert_groups=1,  # n_group
-        expert_groups_per_token=1,  # topk_group
-        norm_topk_prob=True,  # norm_topk_prob
         routed_scaling_factor=2.5,  # routed_scaling_factor
-        mtp_layers=1,  # num_nextn_predict_layers
-        dtype="bfloat16",
-        attention="flash",
-        remat="full",
     )
-    c.train.update(seq_len=8192, batch_size=512, steps=10000, lr=1e-5, warmup_steps=100, mtp_loss_weight=0.3)
-    c.mesh.update(fsdp=-1, expert=32)
-    c.checkpoint.every_steps = 500
+    c.train.update(batch_size=512)
+    c.mesh.update(expert=32)
     return c
