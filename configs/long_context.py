@@ -34,20 +34,8 @@ PLANS = {
 }
 
 
-def _parse(arg):
-    out = {"model": "debug", "optimizer_state": "keep"}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in out:
-            raise config.ConfigError("config", f"long_context.py arg {key!r} unknown; use model=..., optimizer_state=...")
-        out[key] = value
-    if out["model"] not in PLANS:
-        raise config.ConfigError("config", f"long_context.py model={out['model']!r}: valid are {sorted(PLANS)}")
-    return out
-
-
 def get_config(arg=None):
-    args = _parse(arg)
+    args = config.parse_config_arg(arg, {"model": "debug", "optimizer_state": "keep"}, "long_context.py", PLANS)
     base, stages = PLANS[args["model"]]
     c = config.load_config_dict(os.path.join(os.path.dirname(__file__), base))
     c.model.max_seq_len = max(s[1] for s in stages)

@@ -37,20 +37,8 @@ PLANS = {
 MIXTURES = {"sft": "bundled_chat_sft", "dpo": "bundled_prefs"}
 
 
-def _parse(arg):
-    out = {"model": "debug"}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in out:
-            raise config.ConfigError("config", f"post_train.py arg {key!r} unknown; use model=...")
-        out[key] = value
-    if out["model"] not in PLANS:
-        raise config.ConfigError("config", f"post_train.py model={out['model']!r}: valid are {sorted(PLANS)}")
-    return out
-
-
 def get_config(arg=None):
-    args = _parse(arg)
+    args = config.parse_config_arg(arg, {"model": "debug"}, "post_train.py", PLANS)
     base, seq_len, stages = PLANS[args["model"]]
     c = config.load_config_dict(os.path.join(os.path.dirname(__file__), base))
     c.model.max_seq_len = max(c.model.max_seq_len, seq_len)

@@ -428,6 +428,20 @@ def resolve_stages(cd) -> list[tuple[str, Config]]:
 # Loading config files
 # ---------------------------------------------------------------------------------------------
 
+def parse_config_arg(arg: str | None, defaults: dict, file: str, plans) -> dict:
+    """The `key=value,...` argument of a configs/*.py file (`--config=FILE:ARG`) over `defaults`;
+    unknown keys and a `model` that is not one of `plans` fail naming what is valid."""
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise ConfigError("config", f"{file} arg {key!r} unknown; use {', '.join(k + '=...' for k in defaults)}")
+        out[key] = value
+    if out["model"] not in plans:
+        raise ConfigError("config", f"{file} model={out['model']!r}: valid are {sorted(plans)}")
+    return out
+
+
 def load_config_dict(path: str) -> ml_collections.ConfigDict:
     """Runs `get_config(arg)` of a config file; `path` may end in `:arg` (e.g. `long_context.py:model=debug`)."""
     file, _, arg = path.partition(":")
