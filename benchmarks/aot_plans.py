@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDP_ALL = ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"]
 _9B_8K = ["train.seq_len=8192", "train.batch_size=256", "model.remat='full'", *FSDP_ALL]
 WHOLE_LOGITS = ["train.loss_chunk=8192"]  # one chunk = the [B, T, V] logits the untiled loss made
+MOE_8K = ["train.seq_len=8192", "mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"]  # mesh.expert: the config's
 LONG = ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1", "model.remat='full'", "model.attention='flash'",
         "model.attention_block_q=512", "model.attention_block_kv=512", "train.batch_size=16"]
 
@@ -39,13 +40,27 @@ PLANS = {
         "v5e-256-whole-logits": ("v5e:16x16", _9B_8K + WHOLE_LOGITS),
         "v6e-256": ("v6e:16x16", _9B_8K),
         "v6e-256-whole-logits": ("v6e:16x16", _9B_8K + WHOLE_LOGITS),
-        "v5p-128": ("v5p:4x4x8", _9B_8K),
-        "v5p-128-whole-logits": ("v5p:4x4x8", _9B_8K + WHOLE_LOGITS),
+        "v5p-128": ("v5p:4x4x4", _9B_8K),
+        "v5p-128-whole-logits": ("v5p:4x4x4", _9B_8K + WHOLE_LOGITS),
     }),
     "glm4_32b_0414_8k": ("glm4_32b_0414.py", "GLM-4-32B-0414, seq 8192, batch 256, FSDP over every chip: "
                          "the smallest v5p slice that holds the real train step.", {
         "v5p-64": ("v5p:2x4x4", ["train.seq_len=8192", "train.batch_size=256", *FSDP_ALL]),
         "v5p-128": ("v5p:4x4x4", ["train.seq_len=8192", "train.batch_size=256", *FSDP_ALL]),
+    }),
+    "glm4_5_air_8k": ("glm4_5_air.py", "GLM-4.5-Air (106B total, 12B active), seq 8192, one row per chip, "
+                      "experts over expert=16, FSDP over the rest, MTP on, tokens dispatched 1,024 at a time: "
+                      "the smallest v5p slice that holds the real train step.", {
+        "v5p-32": ("v5p:2x2x4", ["train.batch_size=16", *MOE_8K]),
+        "v5p-64": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K]),
+        "v5p-128": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K]),
+        "v5p-128-one-round": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K, "model.moe_dispatch_tokens=0"]),
+    }),
+    "glm4_5_8k": ("glm4_5.py", "GLM-4.5 (355B total, 32B active), seq 8192, one row per chip, experts over "
+                  "expert=32, FSDP over the rest, MTP on, tokens dispatched 1,024 at a time: the smallest v5p "
+                  "slice that holds the real train step.", {
+        "v5p-128": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K]),
+        "v5p-256": ("v5p:4x4x8", ["train.batch_size=128", *MOE_8K]),
     }),
     "long_context": ("glm4_9b_chat_1m.py", "GLM-4-9B-chat-1M shapes at 128K and 1M tokens per row: flash "
                      "attention, context parallelism over the sequence axis, FSDP over the rest.", {
@@ -81,7 +96,7 @@ def _gib(x) -> str:
 
 def summary(rows: dict) -> str:
     head = (f"{'row':24} {'topology':11} {'HBM/dev GiB':>11} {'cap GiB':>7} {'fits':>5} {'step s':>8} "
-            f"{'MFU xla':>7} {'MFU model':>9} {'coll GiB/dev':>12}")
+            f"{'MFU xla':>7} {'MFU model':>9} {'coll GiB/dev':>12} {'a2a GiB/dev':>11}")
     lines = [head]
     for name, r in rows.items():
         if r.get("error"):
@@ -93,7 +108,7 @@ def summary(rows: dict) -> str:
         lines.append(f"{name:24} {r['topology']:11} {_gib(h['total']):>11} {_gib(h.get('capacity')):>7} "
                      f"{str(r['fits']):>5} {'-' if step is None else f'{step:.2f}':>8} "
                      f"{aot._pct(r.get('projected_mfu_xla')):>7} {aot._pct(r.get('projected_mfu_model')):>9} "
-                     f"{_gib(coll):>12}")
+                     f"{_gib(coll):>12} {_gib(r.get('all_to_all_bytes_per_device')):>11}")
     return "\n".join(lines)
 
 
@@ -115,11 +130,22 @@ def main():
             print(f"{n}: python -m glm_jax.aot --config=configs/{config_file} --topology={topology} "
                   + " ".join(f"--config.{o}" for o in overrides))
         return
-    out = a.out or os.path.join(REPO, "benchmarks", "results", f"aot_{a.plan}.json")
-    doc = {"plan": a.plan, "config": config_file, "what": what, "rows": {}}
-    if os.path.exists(out):
-        with open(out) as f:
-            doc["rows"] = json.load(f).get("rows", {})
+    run_plan(a.plan, names, a.out)
+
+
+def _saved_rows(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("rows", {})
+
+
+def run_plan(plan: str, names: list[str], out: str = "") -> dict:
+    """Compiles the named rows of `plan`, merging each into its JSON (default
+    benchmarks/results/aot_<plan>.json) as it finishes; prints the summary; returns the document."""
+    config_file, what, plan_rows = PLANS[plan]
+    out = out or os.path.join(REPO, "benchmarks", "results", f"aot_{plan}.json")
+    doc = {"plan": plan, "config": config_file, "what": what, "rows": _saved_rows(out)}
     for n in names:
         topology, overrides = plan_rows[n]
         row = run_row(config_file, topology, overrides)
@@ -127,13 +153,13 @@ def main():
         print(f"== {n}" + ("" if row["error"] else "\n" + aot.format_report(row)), flush=True)
         print(f"{n}: {'compile failed: ' + row['error'] if row['error'] else 'compiled'} "
               f"in {row['compile_seconds']:.0f} s", flush=True)
-        doc["rows"][n] = row
+        doc["rows"] = {**_saved_rows(out), n: row}  # rows another run wrote meanwhile are kept
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out, "w") as f:  # after every row: a 20-minute compile is never lost to a later one
             json.dump(doc, f, indent=2, default=str)
     print(summary({n: doc["rows"][n] for n in plan_rows if n in doc["rows"]}))
     print(f"wrote {out}")
-
+    return doc
 
 if __name__ == "__main__":
     main()

@@ -2,17 +2,19 @@
 active size, and the AOT table (GLM-4.5-Air and GLM-4.5 at 8K on v5p).
 
     python benchmarks/moe.py cpu [--steps=10] [--out=benchmarks/results/moe_cpu.json]
-    python benchmarks/moe.py aot [--models=glm4_5_air:v5p:4x4x4,glm4_5:v5p:4x4x8] [--out=benchmarks/results/moe_aot.json]
+    python benchmarks/moe.py aot [--rows=glm4_5_air_8k:v5p-64,glm4_5_8k:v5p-256]
 
 cpu: configs/debug_moe.py (batch 8 x 256, fp32, one device) three ways: MoE with its MTP loss, MoE
 without it (train.mtp_loss_weight=0: the MTP module is not run), and a dense model with the same
 dims whose ffn makes its parameter count equal the MoE's active parameters per token (no MTP).
 Prints step time and tokens/s of each; writes JSON.
 
-aot: for each model:topology, `glm_jax.aot.plan` of the real train step (seq 8192, batch = one
-row per device, FSDP over the rest of the devices, `mesh.expert` from the config): per-device
-HBM, all-to-all bytes per step, projected step time. A topology whose step does not fit fails to
-compile (RESOURCE_EXHAUSTED): that row records XLA's message instead.
+aot: the rows of benchmarks/aot_plans.py's MoE plans (glm4_5_air_8k, glm4_5_8k: seq 8192, one row
+per chip, experts over the config's expert axis, FSDP over the rest, MTP on), default every row; each compiles the
+real train step with libtpu (`glm_jax.aot.plan`) and is merged into
+benchmarks/results/aot_<plan>.json: per-device HBM and whether it fits, all-to-all bytes per step,
+projected step time. A slice too small fails to compile (RESOURCE_EXHAUSTED): that row records
+XLA's message instead, which is how "the smallest slice that holds it" is shown.
 """
 
 import argparse
@@ -35,6 +37,7 @@ from glm_jax.model import spec  # noqa: E402
 from glm_jax.train import optimizer, state as state_lib, step as step_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOE_PLANS = ("glm4_5_air_8k", "glm4_5_8k")  # benchmarks/aot_plans.py's MoE plans
 
 
 def dense_of_same_active_size(m: config.ModelConfig) -> config.ModelConfig:
@@ -99,40 +102,30 @@ def cpu(a):
 
 
 def aot(a):
-    from glm_jax import aot as aot_lib
+    from benchmarks import aot_plans
 
-    out = {"rows": []}
-    for item in a.models.split(","):
-        name, topology = item.split(":", 1)
-        cd = config.load_config_dict(os.path.join(REPO, "configs", f"{name}.py"))
-        devices = len(aot_lib.topology_devices(topology))
-        cfg = config.from_config_dict(config.apply_overrides(cd, [
-            f"train.seq_len={a.seq_len}", f"train.batch_size={devices}", "mesh.fsdp=-1"]))
-        try:
-            report = aot_lib.plan(cfg, topology)
-        except Exception as e:  # noqa: BLE001 - libtpu's compile errors are bare runtime errors
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            message = str(e).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
-            out["rows"].append({"model": name, "topology": topology, "fits": False, "compile_error": message})
-            print(f"{name} on {topology}: does not fit: {message}", flush=True)
-            continue
-        out["rows"].append(report)
-        print(aot_lib.format_report(report))
-        print(f"all-to-all per device per step: {report['all_to_all_bytes_per_device'] / 2**30:.2f} GiB; "
-              f"compile {report['compile_seconds']:.0f} s", flush=True)
-    return out
+    wanted = [r.split(":", 1) for r in a.rows.split(",") if r] or [
+        (plan, row) for plan in MOE_PLANS for row in aot_plans.PLANS[plan][2]]
+    docs = {}
+    for plan, row in wanted:
+        if plan not in MOE_PLANS or row not in aot_plans.PLANS[plan][2]:
+            raise SystemExit(f"--rows: {plan}:{row} is not a MoE plan row; valid: "
+                             + ",".join(f"{p}:{r}" for p in MOE_PLANS for r in aot_plans.PLANS[p][2]))
+        docs[plan] = aot_plans.run_plan(plan, [row])
+    return {"plans": sorted(docs)}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["cpu", "aot"])
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--models", default="glm4_5_air:v5p:4x4x4,glm4_5:v5p:4x4x8")
-    ap.add_argument("--seq_len", type=int, default=8192)
+    ap.add_argument("--rows", default="", help="aot: comma-separated plan:row (default: every MoE row)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    result = {"cpu": cpu, "aot": aot}[a.what](a)
+    if a.what == "aot":  # aot_plans writes its own per-plan JSON, row by row
+        aot(a)
+        return
+    result = cpu(a)
     result["args"] = vars(a)
     out = a.out or os.path.join(REPO, "benchmarks", "results", f"moe_{a.what}.json")
     with open(out, "w") as f:

@@ -60,6 +60,10 @@ def get_config(arg=None):
         dtype="bfloat16",
         attention="flash",
         remat="full",
+        # Expert parallelism sends a device's tokens 1,024 at a time: dropless buffers of
+        # expert x 1024 x 8 rows instead of expert x 8192 x 8 at 8K tokens a device (145 GiB of
+        # temporaries on v5p in one round; benchmarks/results/aot_glm4_5_air_8k.json).
+        moe_dispatch_tokens=1024,
     )
     c.train.update(seq_len=8192, batch_size=256, steps=10000, lr=1e-5, warmup_steps=100, mtp_loss_weight=0.3)
     c.mesh.update(fsdp=-1, expert=16)

@@ -78,6 +78,7 @@ class ModelConfig:
     norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
     routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
     moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops tokens past capacity x N x k / E per expert
+    moe_dispatch_tokens: int = 0  # with expert > 1: a device's tokens go to the experts this many at a time (0 = all)
     mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
@@ -147,6 +148,8 @@ class ModelConfig:
                  f"must be > 0, got {self.routed_scaling_factor}")
         _require(self.moe_capacity_factor == 0 or self.moe_capacity_factor >= 1, "model.moe_capacity_factor",
                  f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
+        _require(self.moe_dispatch_tokens >= 0, "model.moe_dispatch_tokens",
+                 f"must be 0 (all of a device's tokens at once) or > 0, got {self.moe_dispatch_tokens}")
 
     # Derived fields: computed here and nowhere else.
     @property

@@ -16,6 +16,12 @@ are P x A rows: memory traded for never dropping). With `model.moe_capacity_fact
 buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not fit is dropped
 and counted.
 
+`model.moe_dispatch_tokens` = m > 0 sends a device's tokens m at a time (a scan over n / m rounds,
+each round rematerialized in the backward pass), so the buffers are P x m x k rows whatever n
+is: still dropless, same numbers, per-device memory bounded at long sequences (GLM-4.5-Air at
+8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer in one round) for n / m smaller
+all-to-alls.
+
 Letters: N tokens, D hidden, k experts per token, A = n x k local assignments, X experts,
 P expert shards, C expert ffn.
 """
@@ -43,16 +49,15 @@ def num_shards() -> int:
 
 
 def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: tuple[str, ...]):
-    """Inside the shard_map: x [n, D], weights / experts [n, k] (global expert ids), wi [X/P, D, 2, C'],
-    wo [X/P, C', D] (C' = C / tensor) -> ([n, D], load [X], dropped []) (the last two summed over
-    `token_axes`, the mesh axes the tokens are split over)."""
+    """Inside the shard_map, one round: x [n, D], weights / experts [n, k] (global expert ids),
+    wi [X/P, D, 2, C'], wo [X/P, C', D] (this shard's experts, gathered over fsdp; C' = C / tensor)
+    -> ([n, D], load [X], dropped []) (the last two summed over `token_axes`, the mesh axes the
+    tokens are split over)."""
     shards = jax.lax.axis_size(AXIS)
     n, k = experts.shape
     A = n * k
     local_experts = cfg.num_experts // shards
     cap = A if cfg.moe_capacity_factor == 0 else math.ceil(cfg.moe_capacity_factor * A / shards)
-    wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)
-    wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
 
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
@@ -99,10 +104,30 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
     row = P(*tok, None)
 
     def local(x, w, e, wi, wo):
-        bl, tl = x.shape[:2]
-        out, load, dropped = _dispatch_local(x.reshape(bl * tl, -1), w.reshape(bl * tl, k), e.reshape(bl * tl, k),
-                                             wi, wo, cfg, used)
-        return out.reshape(bl, tl, -1), load, dropped
+        bl, tl, D = x.shape
+        n = bl * tl
+        m = cfg.moe_dispatch_tokens or n
+        if n % m:
+            raise ValueError(f"model.moe_dispatch_tokens={m} must divide the {n} tokens each device holds "
+                             f"(batch rows x positions per device, {bl} x {tl}); pick a divisor or 0 (all at once)")
+        wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)  # once a layer, not once a round
+        wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
+        x, w, e = x.reshape(n // m, m, D), w.reshape(n // m, m, k), e.reshape(n // m, m, k)
+        if n == m:
+            out, load, dropped = _dispatch_local(x[0], w[0], e[0], wi, wo, cfg, used)
+            return out.reshape(bl, tl, D), load, dropped
+
+        @jax.checkpoint  # the backward pass keeps one round's buffers, not every round's
+        def one_round(x, w, e, wi, wo):
+            return _dispatch_local(x, w, e, wi, wo, cfg, used)
+
+        def body(sums, xs):
+            out, load, dropped = one_round(*xs, wi, wo)
+            return (sums[0] + load, sums[1] + dropped), out
+
+        zeros = (jnp.zeros((cfg.num_experts,), jnp.float32), jnp.zeros((), jnp.float32))
+        (load, dropped), out = jax.lax.scan(body, zeros, (x, w, e))
+        return out.reshape(bl, tl, D), load, dropped
 
     fn = jax.shard_map(local, mesh=mesh,
                        in_specs=(row, row, row, P(AXIS, "fsdp", None, "tensor"), P(AXIS, "tensor", "fsdp")),

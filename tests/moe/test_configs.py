@@ -79,6 +79,7 @@ def test_debug_moe_is_small_and_complete():
     ("first_dense_layers", 3, "at least one layer is MoE"),
     ("expert_groups_per_token", 3, "[1, expert_groups=2]"),
     ("moe_capacity_factor", 0.5, "0 (dropless) or >= 1"),
+    ("moe_dispatch_tokens", -1, "0 (all of a device's tokens at once) or > 0"),
 ])
 def test_bad_moe_fields_name_the_field(field, value, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as e:
@@ -118,6 +119,11 @@ def test_expert_mesh_axis_is_validated():
     with pytest.raises(ConfigError) as e:
         config.MeshConfig(expert=0)
     assert e.value.field == "mesh.expert"
+    rounds = replace(cfg, model=replace(cfg.model, moe_dispatch_tokens=8))  # 8 rows x 32 / 8 devices = 32 a device
+    validation.check_stage(rounds, sizes)
+    with pytest.raises(ConfigError, match="must divide the 32 tokens each device holds") as e:
+        validation.check_stage(replace(rounds, model=replace(cfg.model, moe_dispatch_tokens=12)), sizes)
+    assert e.value.field == "model.moe_dispatch_tokens"
 
 
 # One changed value per MOE_FIELDS entry (each still a valid config of tiny_moe's shape).

@@ -1,4 +1,7 @@
-"""Expert parallelism: the same loss, MTP loss, expert loads and gradients on every mesh."""
+"""Expert parallelism: the same loss, MTP loss, expert loads and gradients on every mesh, with the
+tokens sent to the experts all at once or a few at a time (model.moe_dispatch_tokens)."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -9,13 +12,15 @@ from glm_jax.model import init_params, spec
 from glm_jax.train.step import batch_shardings, grads_and_sums
 from tests.moe.test_train import structured_batch, train_cfg
 
-MESHES = {"expert1": dict(fsdp=1), "expert4_fsdp2": dict(expert=4, fsdp=2),
-          "expert2_tensor2_fsdp2": dict(expert=2, tensor=2, fsdp=2)}
+# name: (mesh, model overrides); expert4_fsdp2 holds one row of 32 tokens a device: 4 rounds of 8
+MESHES = {"expert1": (dict(fsdp=1), {}), "expert4_fsdp2_rounds": (dict(expert=4, fsdp=2), dict(moe_dispatch_tokens=8)),
+          "expert2_tensor2_fsdp2": (dict(expert=2, tensor=2, fsdp=2), {})}
 
 
-def loss_and_grads(mesh_kw):
+def loss_and_grads(mesh_kw, model_kw):
     cfg = train_cfg()
-    cfg = config.Config(model=cfg.model, train=cfg.train, mesh=config.MeshConfig(**mesh_kw))
+    cfg = config.Config(model=dataclasses.replace(cfg.model, **model_kw), train=cfg.train,
+                        mesh=config.MeshConfig(**mesh_kw))
     n = int(np.prod(list(mesh_kw.values())))
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:n])
     params = init_params(cfg.model, jax.random.key(0))
@@ -26,17 +31,21 @@ def loss_and_grads(mesh_kw):
         args = jax.device_put(params, p_sh), jax.device_put(batch, batch_shardings(cfg, mesh))
         if mesh_kw.get("expert", 1) > 1:  # the experts are split over the expert axis and tokens go by all-to-all
             assert args[0]["moe_layers"]["moe"]["experts"]["wi"]["kernel"].sharding.spec[1] == "expert"
-            assert "all_to_all" in fn.lower(*args).as_text()
+            text = fn.lower(*args).as_text()
+            assert "all_to_all" in text
+            if "moe_dispatch_tokens" in model_kw:  # a round's buffer: P x (m x k) rows, not P x (32 x k)
+                m = cfg.model
+                assert f"tensor<{mesh_kw['expert']}x{m.moe_dispatch_tokens * m.experts_per_token}x{m.hidden_size}x" in text
         grads, aux = fn(*args)
     return jax.device_get((grads, aux))
 
 
 @pytest.mark.slow
 def test_same_loss_and_grads_on_expert_meshes():
-    ref_g, ref = loss_and_grads(MESHES["expert1"])
+    ref_g, ref = loss_and_grads(*MESHES["expert1"])
     assert float(np.sum(ref["stats"]["moe_layers"]["dropped"])) == 0
-    for name in ("expert4_fsdp2", "expert2_tensor2_fsdp2"):
-        g, aux = loss_and_grads(MESHES[name])
+    for name in ("expert4_fsdp2_rounds", "expert2_tensor2_fsdp2"):
+        g, aux = loss_and_grads(*MESHES[name])
         for k in ("ce", "mtp_ce", "weight", "mtp_weight"):
             np.testing.assert_allclose(aux[k], ref[k], rtol=1e-5, err_msg=f"{name} {k}")
         np.testing.assert_array_equal(aux["stats"]["moe_layers"]["load"], ref["stats"]["moe_layers"]["load"])
