@@ -35,6 +35,7 @@ class ConfigError(ValueError):
 
 _DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("reference", "flash", "splash", "dot_product")
+MOE_MATMULS = ("ragged_dot", "megablox")  # glm_jax.kernels.grouped_matmul
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_mlp_out")
 ROTARY_STYLES = ("interleaved", "half")  # GLM-4 pairs (2i, 2i+1); Glm4Moe (GLM-4.5) pairs (i, i + R/2)
 OBJECTIVES = ("lm", "dpo")  # train.objective: next-token cross-entropy (pre-training, SFT) or DPO on pairs
@@ -78,6 +79,7 @@ class ModelConfig:
     norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
     routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
     moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops tokens past capacity x N x k / E per expert
+    moe_matmul: str = "ragged_dot"  # the experts' grouped matmul, one of MOE_MATMULS (megablox: Pallas on TPU)
     moe_dispatch_tokens: int = 0  # with expert > 1: a device's tokens go to the experts this many at a time (0 = all)
     mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
     param_dtype: str = "float32"
@@ -148,6 +150,10 @@ class ModelConfig:
                  f"must be > 0, got {self.routed_scaling_factor}")
         _require(self.moe_capacity_factor == 0 or self.moe_capacity_factor >= 1, "model.moe_capacity_factor",
                  f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
+        _require(self.moe_matmul in MOE_MATMULS, "model.moe_matmul",
+                 f"must be one of {MOE_MATMULS}, got {self.moe_matmul!r}")
+        _require(self.moe_matmul == "ragged_dot" or self.moe_capacity_factor == 0, "model.moe_matmul",
+                 "megablox runs dropless routing only; use ragged_dot with model.moe_capacity_factor > 0")
         _require(self.moe_dispatch_tokens >= 0, "model.moe_dispatch_tokens",
                  f"must be 0 (all of a device's tokens at once) or > 0, got {self.moe_dispatch_tokens}")
 

@@ -7,8 +7,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
 
+import jax  # noqa: E402,F401  (reads its config from the environment here: the cache below skips this process)
 import pytest  # noqa: E402
+
+# The processes tests start (the CLI, workers, launched pods) compile the same debug-model steps
+# again and again: they share one persistent compilation cache per test run (both xdist workers).
+# Set after jax is imported so the test processes' own compiles (some read memory_analysis) stay fresh.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"glm-jax-tests-jit-{_RUN}"))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

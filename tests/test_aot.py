@@ -10,11 +10,17 @@ import pytest
 from tests.conftest import REPO
 
 
-def _aot(*args, timeout=300):
+def _tpu_env():
+    """A subprocess's environment: libtpu's compiler and the 8 simulated CPU devices of the test
+    process stay apart; each TPU compile here is done once (no persistent cache)."""
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    # A subprocess: libtpu's compiler and the 8 simulated CPU devices of the test process stay apart.
-    return subprocess.run([sys.executable, "-m", "glm_jax.aot", *args], env=env, capture_output=True, text=True,
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
+def _aot(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "glm_jax.aot", *args], env=_tpu_env(), capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 
@@ -66,8 +72,7 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
     Measured once each (XLA / model): reference 1.084 unsharded, 1.089 with sequence=4; flash
     1.089 and 1.097 (flash recomputes QK^T and dP in both backward kernels: 9 block products
     where the model formula counts 6)."""
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = _tpu_env()
     proc = subprocess.run([sys.executable, "-m", "tests.aot_flops"], env=env, capture_output=True, text=True,
                           timeout=3600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,8 +84,7 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
 
 
 def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = _tpu_env()
     code = ("from glm_jax import aot; from glm_jax.train import metrics; d = aot.topology_devices('v7:2x2x1'); "
             "assert d[0].device_kind in aot.CHIPS; print(d[0].device_kind, len(d), metrics.DEVICES_PER_CHIP[d[0].device_kind])")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -48,6 +48,12 @@ def num_shards() -> int:
     return 1 if mesh.empty or AXIS not in mesh.axis_names else mesh.shape[AXIS]
 
 
+def on_a_mesh() -> bool:
+    """Is a mesh of more than one device set (`jax.set_mesh`)?"""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and mesh.size > 1
+
+
 def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: tuple[str, ...]):
     """Inside the shard_map, one round: x [n, D], weights / experts [n, k] (global expert ids),
     wi [X/P, D, 2, C'], wo [X/P, C', D] (this shard's experts, gathered over fsdp; C' = C / tensor)
@@ -75,7 +81,7 @@ def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: t
     recv_e = jax.lax.all_to_all(send_e, AXIS, 0, 0, tiled=True).reshape(-1)
     order2 = jnp.argsort(recv_e, stable=True)  # empty slots sort last and come out of grouped_ffn as 0
     sizes = jnp.bincount(recv_e, length=local_experts + 1)[:local_experts].astype(jnp.int32)
-    y = grouped_ffn(recv_x[order2], sizes, wi, wo)
+    y = grouped_ffn(recv_x[order2], sizes, wi, wo, cfg.moe_matmul)
     y = jax.lax.psum(y, "tensor")  # each tensor shard held a slice of every expert's ffn
     y = jnp.zeros_like(y).at[order2].set(y).reshape(shards, cap, -1)
     back = jax.lax.all_to_all(y, AXIS, 0, 0, tiled=True)  # back[p]: what shard p computed for us
@@ -131,7 +137,8 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
 
     fn = jax.shard_map(local, mesh=mesh,
                        in_specs=(row, row, row, P(AXIS, "fsdp", None, "tensor"), P(AXIS, "tensor", "fsdp")),
-                       out_specs=(row, P(), P()))
+                       out_specs=(row, P(), P()),
+                       check_vma=cfg.moe_matmul != "megablox")  # megablox's pallas_call declares no varying axes
     D = x.shape[1]
     out, load, dropped = fn(x.reshape(B, T, D), weights.reshape(B, T, k), experts.reshape(B, T, k), wi, wo)
     return out.reshape(B * T, D), {"load": load, "dropped": dropped}

@@ -13,9 +13,12 @@ experts among them. Weights are renormalized to sum to 1 (`norm_topk_prob`) and 
 every token.
 
 Expert compute (`routed_experts`) is dropless: the N x k (token, expert) assignments are sorted
-by expert and run as one grouped matmul, `jax.lax.ragged_dot`, over the stacked [X, ...] expert
-weights, so every token reaches its k experts whatever the load and no size has to be a multiple
-of a kernel tile (Air's 1,408 is fine: ragged_dot tiles internally, and the group sizes are data).
+by expert and run as one grouped matmul over the stacked [X, ...] expert weights
+(glm_jax.kernels.grouped_matmul, `model.moe_matmul`: XLA's `jax.lax.ragged_dot`, or megablox's
+Pallas kernel on TPU), so every token reaches its k experts whatever the load and no size has to
+be a multiple of a kernel tile (Air's 1,408 is fine; the group sizes are data). A Pallas kernel
+cannot be partitioned by XLA, so with megablox on a mesh of several devices the experts always
+run inside the expert-parallel `shard_map` (with expert=1 too: each device its own tokens).
 `model.moe_capacity_factor` > 0 is the explicit dropping option: each expert keeps its first
 capacity = ceil(cf x N x k / X) assignments (token order) and the rest contribute nothing.
 
@@ -37,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax.config import ModelConfig
+from glm_jax.kernels.grouped_matmul import grouped_matmul
 from glm_jax.model.layers import swiglu_mlp
 
 
@@ -70,12 +74,13 @@ def _capacity_keep(sorted_experts: jax.Array, sizes: jax.Array, cfg: ModelConfig
     return rank < capacity
 
 
-def grouped_ffn(xs: jax.Array, sizes: jax.Array, wi: jax.Array, wo: jax.Array) -> jax.Array:
+def grouped_ffn(xs: jax.Array, sizes: jax.Array, wi: jax.Array, wo: jax.Array, backend: str) -> jax.Array:
     """SwiGLU of assignments sorted by expert: xs [A, D], sizes [X'] (sum <= A; rows past the sum
-    come out as zeros), wi [X', D, 2, C], wo [X', C, D] -> [A, D] in xs's dtype."""
+    come out as zeros), wi [X', D, 2, C], wo [X', C, D] -> [A, D] in xs's dtype; `backend` one of
+    config.MOE_MATMULS."""
     X, D, _, C = wi.shape
-    h = jax.lax.ragged_dot(xs, wi.reshape(X, D, 2 * C).astype(xs.dtype), sizes).reshape(-1, 2, C)
-    return jax.lax.ragged_dot(jax.nn.silu(h[:, 0]) * h[:, 1], wo.astype(xs.dtype), sizes)
+    h = grouped_matmul(xs, wi.reshape(X, D, 2 * C), sizes, backend).reshape(-1, 2, C)
+    return grouped_matmul(jax.nn.silu(h[:, 0]) * h[:, 1], wo, sizes, backend)
 
 
 def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax.Array, wo: jax.Array,
@@ -87,7 +92,7 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
     order = jnp.argsort(flat, stable=True)
     sizes = jnp.bincount(flat, length=cfg.num_experts).astype(jnp.int32)
     keep = _capacity_keep(flat[order], sizes, cfg, N)
-    y = grouped_ffn(x[order // k], sizes, wi, wo)
+    y = grouped_ffn(x[order // k], sizes, wi, wo, cfg.moe_matmul)
     y = jnp.where(keep[:, None], y, jnp.zeros((), y.dtype))
     y = jnp.zeros_like(y).at[order].set(y).reshape(N, k, -1)  # back to (token, slot) order
     out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(x.dtype)
@@ -104,7 +109,8 @@ def moe_block(h: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]
         weights, experts = route(x, p["router"]["kernel"], p["router"]["bias"], cfg)
     with jax.named_scope("experts"):
         wi, wo = p["experts"]["wi"]["kernel"], p["experts"]["wo"]["kernel"]
-        if expert_parallel.num_shards() > 1:  # experts split over the `expert` mesh axis: all-to-all
+        # experts split over the `expert` axis, or a Pallas kernel XLA cannot partition: per device
+        if expert_parallel.num_shards() > 1 or (cfg.moe_matmul == "megablox" and expert_parallel.on_a_mesh()):
             out, stats = expert_parallel.routed_experts(x, weights, experts, wi, wo, cfg, (B, T))
         else:
             out, stats = routed_experts(x, weights, experts, wi, wo, cfg)

@@ -23,18 +23,8 @@ def _cmd(workdir, devices=4, dist=(), overrides=RUN):
     return [sys.executable, WORKER, str(workdir), str(devices), *map(str, dist), "--", *overrides]
 
 
-_CACHE = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """The runs of this module compile the same steps: share them through JAX's persistent cache."""
-    _CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=_CACHE["dir"],
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def _env():  # the compilation cache the runs share comes from tests/conftest.py
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def _run(cmd, timeout=300):
