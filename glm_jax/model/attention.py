@@ -28,17 +28,59 @@ from glm_jax.kernels.splash import splash_attention
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q [B, T, H, E], k/v [B, S, K, E], mask [B, T, S] bool (True = visible) -> [B, T, H, E].
 
-    K/V are not repeated: queries are viewed as [B, T, K, G, E] and contract against their
-    group's kv head. Softmax in fp32."""
+    K/V are not repeated: queries are viewed as [B, K, G, T, E] and contract against their
+    group's kv head. Softmax in fp32. The [T, S] matmuls run with the batch axes (B, K) leading
+    and the probabilities laid out [B, K, G, T, S], the layout both matmuls of each pass read
+    as they are (XLA:CPU otherwise materializes transposed copies of the probabilities). The
+    backward pass (custom VJP) recomputes the probabilities from the saved log-sum-exp, as
+    flash attention does, instead of keeping [B, K, G, T, S] fp32 per layer for it: the same
+    numbers to fp32 rounding, one extra [T, S] matmul, and no O(T^2) residuals."""
     B, T, H, E = q.shape
     K = k.shape[2]
-    qg = q.reshape(B, T, K, H // K, E)
-    logits = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / jnp.sqrt(jnp.float32(E)))
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(B, T, H, E).astype(q.dtype)
+    qg = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, E]
+    out = _grouped_attention(qg, kt, vt, mask)  # [B, K, G, T, E] fp32
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E).astype(q.dtype)
+
+
+def _scaled_logits(qg, kt, mask):
+    """[B, K, G, T, S] fp32 logits / sqrt(E), masked entries at the fp32 minimum."""
+    logits = jnp.einsum("bkgte,bkse->bkgts", qg, kt, preferred_element_type=jnp.float32)
+    logits = logits * (1.0 / jnp.sqrt(jnp.float32(qg.shape[-1])))
+    return jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+
+
+def _grouped_attention_fwd(qg, kt, vt, mask):
+    logits = _scaled_logits(qg, kt, mask)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnormalized = jnp.exp(logits - peak)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    probs = (unnormalized / total).astype(vt.dtype)  # = jax.nn.softmax(logits)
+    out = jnp.einsum("bkgts,bkse->bkgte", probs, vt, preferred_element_type=jnp.float32)
+    return out, (qg, kt, vt, mask, out, peak + jnp.log(total))
+
+
+@jax.custom_vjp
+def _grouped_attention(qg, kt, vt, mask):
+    """qg [B, K, G, T, E], kt/vt [B, K, S, E], mask [B, T, S] -> [B, K, G, T, E] fp32."""
+    return _grouped_attention_fwd(qg, kt, vt, mask)[0]
+
+
+def _grouped_attention_bwd(res, d_out):
+    qg, kt, vt, mask, out, log_z = res
+    scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
+    probs = jnp.exp(_scaled_logits(qg, kt, mask) - log_z)  # masked entries: exactly 0
+    d_out = d_out.astype(jnp.float32)
+    dv = jnp.einsum("bkgts,bkgte->bkse", probs.astype(vt.dtype), d_out.astype(vt.dtype),
+                    preferred_element_type=jnp.float32)
+    d_probs = jnp.einsum("bkgte,bkse->bkgts", d_out.astype(vt.dtype), vt, preferred_element_type=jnp.float32)
+    d_logits = probs * (d_probs - jnp.sum(d_out * out, axis=-1, keepdims=True)) * scale
+    dq = jnp.einsum("bkgts,bkse->bkgte", d_logits.astype(kt.dtype), kt, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkgts,bkgte->bkse", d_logits.astype(qg.dtype), qg, preferred_element_type=jnp.float32)
+    return dq.astype(qg.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 def causal_segment_mask(q_index: jax.Array, k_index: jax.Array, q_segment_ids: jax.Array | None,

@@ -38,7 +38,9 @@ from glm_jax.sharding import constrain
 
 
 KERNEL_AXES = ("embed", "vocab")  # logical axes of the output kernel [D, V] (glm_jax.model.spec)
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (h [B, C, D], kernel [D, V]) -> logits [B, C, V] fp32
+# (h [B, C, D], kernel [D, V]) -> logits [B, C, V] fp32: h @ kernel (casts and sharding constraints aside;
+# the tiled loss's backward computes the kernel's gradient as h^T d_logits)
+LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def token_weights(loss_mask: jax.Array, segment_ids: jax.Array, weighting: str) -> jax.Array:
@@ -97,13 +99,18 @@ def _sums_and_grads(logits_fn, z_loss, n, hidden, kernel, targets, weights):
     d total / d kernel [D, V]: d total / d logits = w (softmax (1 + 2 z_loss log Z) - onehot)."""
     def body(carry, xs):
         h, t, w = xs
-        logits, vjp = jax.vjp(logits_fn, h, kernel)
+        logits, vjp = jax.vjp(lambda x: logits_fn(x, kernel), h)
         logits = logits.astype(jnp.float32)
         sums = cross_entropy_sums(logits, t, w, z_loss)
         log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
         hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == t[..., None].astype(jnp.int32)
         d_logits = w[..., None] * (jnp.exp(logits - log_z) * (1.0 + 2.0 * z_loss * log_z) - hit.astype(jnp.float32))
-        dh, dk = vjp(d_logits)
+        (dh,) = vjp(d_logits)
+        # d kernel = h^T d_logits written out (logits_fn is h @ kernel): the product contracts the
+        # positions of both operands and comes out [D, V], the kernel's layout. The dot_general VJP
+        # computes d_logits^T h ([V, D]) and transposes it, for which XLA:CPU first copies the
+        # [B, C, V] cotangent transposed.
+        dk = jnp.einsum("bcd,bcv->dv", h, d_logits, preferred_element_type=jnp.float32)
         # the [D, V] accumulator stays sharded like the output kernel (a reduce-scatter per chunk)
         # instead of a replicated fp32 copy per device (2.3 GiB at GLM-4's D x V)
         dk = constrain(carry[2] + dk.astype(jnp.float32), KERNEL_AXES)
