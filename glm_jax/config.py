@@ -80,7 +80,7 @@ class ModelConfig:
     routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
     moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops tokens past capacity x N x k / E per expert
     moe_matmul: str = "ragged_dot"  # the experts' grouped matmul, one of MOE_MATMULS (megablox: Pallas on TPU)
-    moe_dispatch_tokens: int = 0  # with expert > 1: a device's tokens go to the experts this many at a time (0 = all)
+    moe_dispatch_tokens: int = 0  # expert > 1: a device's tokens reach the experts this many at a time (0: all)
     mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)

@@ -112,7 +112,7 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
     def local(x, w, e, wi, wo):
         bl, tl, D = x.shape
         n = bl * tl
-        m = cfg.moe_dispatch_tokens or n
+        m = min(cfg.moe_dispatch_tokens or n, n)  # fewer tokens than a round: one round
         if n % m:
             raise ValueError(f"model.moe_dispatch_tokens={m} must divide the {n} tokens each device holds "
                              f"(batch rows x positions per device, {bl} x {tl}); pick a divisor or 0 (all at once)")

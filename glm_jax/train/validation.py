@@ -64,7 +64,7 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
                           f"to mesh.sequence / mesh.tensor (rows may then span processes: "
                           f"{num_processes} process(es) here)")
     tokens = micro // rows * t.seq_len // mesh_sizes["sequence"]  # a device's tokens in one micro-batch
-    if m.is_moe and mesh_sizes["expert"] > 1 and m.moe_dispatch_tokens and tokens % m.moe_dispatch_tokens:
+    if m.is_moe and mesh_sizes["expert"] > 1 and 0 < m.moe_dispatch_tokens < tokens and tokens % m.moe_dispatch_tokens:
         raise ConfigError("model.moe_dispatch_tokens", f"{m.moe_dispatch_tokens} must divide the {tokens} tokens "
                           f"each device holds (micro-batch rows x seq_len per device); valid: "
                           f"{[d for d in range(1, tokens + 1) if tokens % d == 0][-8:]} or 0 (all at once)")

@@ -124,6 +124,7 @@ def test_expert_mesh_axis_is_validated():
     with pytest.raises(ConfigError, match="must divide the 32 tokens each device holds") as e:
         validation.check_stage(replace(rounds, model=replace(cfg.model, moe_dispatch_tokens=12)), sizes)
     assert e.value.field == "model.moe_dispatch_tokens"
+    validation.check_stage(replace(rounds, model=replace(cfg.model, moe_dispatch_tokens=1024)), sizes)  # one round
 
 
 # One changed value per MOE_FIELDS entry (each still a valid config of tiny_moe's shape).
