@@ -9,10 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax import config, sharding
 from glm_jax.kernels.grouped_matmul import grouped_matmul
-from glm_jax.model import init_params, spec
-from glm_jax.train.step import batch_shardings, grads_and_sums
 
 
 def test_megablox_equals_ragged_dot_on_ragged_groups():
@@ -39,25 +36,13 @@ def test_megablox_equals_ragged_dot_on_ragged_groups():
 @pytest.mark.slow
 def test_moe_loss_and_grads_same_with_megablox_on_a_mesh():
     from tests.moe.hf_glm4moe import tiny_moe
-    from tests.moe.test_train import structured_batch, train_cfg
+    from tests.moe.test_meshes import loss_and_grads
+    from tests.moe.test_train import train_cfg
 
     base = train_cfg(batch_size=2, seq_len=16, mtp_loss_weight=0.0)
     base = dataclasses.replace(base, model=tiny_moe(num_layers=2, vocab_size=128))  # one dense, one MoE layer
-    mesh_cfg = config.MeshConfig(fsdp=2)
-    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:2])
-    params = init_params(base.model, jax.random.key(0))
-    out = {}
-    for backend in ("ragged_dot", "megablox"):
-        cfg = config.Config(model=dataclasses.replace(base.model, moe_matmul=backend), train=base.train, mesh=mesh_cfg)
-        p_sh = sharding.tree_shardings(mesh, spec.param_specs(cfg.model))
-        batch = structured_batch(cfg)
-        with jax.set_mesh(mesh):
-            fn = jax.jit(lambda p, b, cfg=cfg, p_sh=p_sh: grads_and_sums(p, b, cfg, p_sh))
-            args = jax.device_put(params, p_sh), jax.device_put(batch, batch_shardings(cfg, mesh))
-            if backend == "megablox":
-                assert "shard_map" in str(fn.trace(*args).jaxpr)  # the kernel runs per device
-            out[backend] = jax.device_get(fn(*args))
-    (ref_g, ref), (g, aux) = out["ragged_dot"], out["megablox"]
+    ref_g, ref = loss_and_grads(dict(fsdp=2), {}, base)
+    g, aux = loss_and_grads(dict(fsdp=2), dict(moe_matmul="megablox"), base)
     np.testing.assert_allclose(aux["ce"], ref["ce"], rtol=1e-5)
     np.testing.assert_array_equal(aux["stats"]["moe_layers"]["load"], ref["stats"]["moe_layers"]["load"])
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_g)[0], jax.tree.leaves(g)):

@@ -17,8 +17,9 @@ MESHES = {"expert1": (dict(fsdp=1), {}), "expert4_fsdp2_rounds": (dict(expert=4,
           "expert2_tensor2_fsdp2": (dict(expert=2, tensor=2, fsdp=2), {})}
 
 
-def loss_and_grads(mesh_kw, model_kw):
-    cfg = train_cfg()
+def loss_and_grads(mesh_kw, model_kw, cfg=None):
+    """(grads, aux) of `cfg` (default train_cfg()) with `model_kw` applied, on a mesh of `mesh_kw`."""
+    cfg = cfg or train_cfg()
     cfg = config.Config(model=dataclasses.replace(cfg.model, **model_kw), train=cfg.train,
                         mesh=config.MeshConfig(**mesh_kw))
     n = int(np.prod(list(mesh_kw.values())))
@@ -36,6 +37,8 @@ def loss_and_grads(mesh_kw, model_kw):
             if "moe_dispatch_tokens" in model_kw:  # a round's buffer: P x (m x k) rows, not P x (32 x k)
                 m = cfg.model
                 assert f"tensor<{mesh_kw['expert']}x{m.moe_dispatch_tokens * m.experts_per_token}x{m.hidden_size}x" in text
+        if cfg.model.moe_matmul == "megablox":  # a Pallas call XLA cannot partition: it runs per device
+            assert "shard_map" in str(fn.trace(*args).jaxpr)
         grads, aux = fn(*args)
     return jax.device_get((grads, aux))
 
