@@ -61,6 +61,7 @@ PLANS = {
                   "slice that holds the real train step.", {
         "v5p-128": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K]),
         "v5p-256": ("v5p:4x4x8", ["train.batch_size=128", *MOE_8K]),
+        "v5p-512": ("v5p:4x8x8", ["train.batch_size=256", *MOE_8K]),
     }),
     "long_context": ("glm4_9b_chat_1m.py", "GLM-4-9B-chat-1M shapes at 128K and 1M tokens per row: flash "
                      "attention, context parallelism over the sequence axis, FSDP over the rest.", {
