@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from glm_jax.config import ConfigError, MeshConfig
@@ -59,10 +60,18 @@ def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The (data, fsdp, expert, sequence, tensor) mesh over `devices` (default all), laid onto the
+    physical torus by `jax.make_mesh`. A mesh axis that is no product of whole physical axes
+    (expert=32 on a v5p 4x4x4) gets a physical axis split between mesh axes instead of an error."""
     devices = list(devices) if devices is not None else jax.devices()
     sizes = mesh_shape(mesh_cfg, len(devices))
-    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES, devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=axis_types)
+    except NotImplementedError:  # mesh_utils: "Failed to find assignment for logical_axis_index ..."
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> P:

@@ -93,6 +93,18 @@ def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
     assert kind == "TPU7x" and int(n) == 4 * int(per_chip)  # 2x2x1 chips, two TensorCore devices each
 
 
+def test_a_mesh_axis_that_is_no_product_of_physical_axes_splits_one():
+    """expert=32 x fsdp=2 on v5p:4x4x4 (GLM-4.5's experts on 64 chips): 32 is no product of whole
+    4-chip axes, so a physical axis is split (jax.make_mesh alone refuses); each device once."""
+    code = ("from glm_jax import aot, config, sharding; d = aot.topology_devices('v5p:4x4x4'); "
+            "m = sharding.make_mesh(config.MeshConfig(data=1, fsdp=2, expert=32, tensor=1), d); "
+            "assert sorted(x.id for x in m.devices.flat) == sorted(x.id for x in d); print(dict(m.shape))")
+    proc = subprocess.run([sys.executable, "-c", code], env=_tpu_env(), capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == str({"data": 1, "fsdp": 2, "expert": 32, "sequence": 1, "tensor": 1})
+
+
 def test_collectives_sum_tuple_shapes_count_async_pairs_once_and_multiply_loops():
     from glm_jax.aot import collectives
 
