@@ -193,7 +193,7 @@ def _repeated_layers(cfg: Config) -> int:
 
 def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
-    layers (a MoE model: its dense prefix and `layers` MoE layers), the loss in one chunk,
+    layers (a MoE model: its dense prefix and `layers` MoE layers, dispatch rounds unrolled), the loss in one chunk,
     `micro_batches` micro-batches' rows in one pass."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
     total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers

@@ -89,7 +89,7 @@ class ModelConfig:
     attention_block_q: int = 512  # flash/splash query block
     attention_block_kv: int = 512  # flash/splash key/value block
     attention_interpret: bool = False  # run flash/splash in Pallas interpret mode even on TPU (always on elsewhere)
-    scan_layers: bool = True  # lax.scan over the stacked layers; False unrolls (same numbers)
+    scan_layers: bool = True  # lax.scan over the stacked layers (and MoE dispatch rounds); False unrolls (same numbers)
     remat: str = "none"  # one of REMAT_POLICIES
 
     def __post_init__(self):

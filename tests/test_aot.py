@@ -153,6 +153,24 @@ def test_extrapolation_counts_every_layer_of_every_micro_batch_and_the_optimizer
     assert _extrapolate(one, layers=40, micro=1)["flops"] == cost(40, 1)
 
 
+def test_every_moe_dispatch_round_is_counted():
+    """The planner's loop-free variants unroll the dispatch rounds too (XLA counts a loop body
+    once): 64 tokens a device sent 32 or 16 at a time are the same work, so the same FLOPs
+    (counted on 2 CPU devices, expert=2; with the rounds in a loop 4 rounds would count less)."""
+    import jax
+
+    from glm_jax import aot, config
+
+    def flops(m):
+        cfg = config.load(os.path.join(REPO, "configs", "debug_moe.py"),
+                          ["mesh.expert=2", "mesh.fsdp=1", "train.batch_size=2", "train.seq_len=64",
+                           f"model.moe_dispatch_tokens={m}"])
+        return aot.step_costs(cfg, jax.devices()[:2])["flops"]
+
+    two, four = flops(32), flops(16)
+    assert abs(four / two - 1) < 0.01, (two, four)
+
+
 @pytest.mark.slow
 def test_flash_and_splash_declare_their_block_sparse_costs_to_xla():
     """fwd+bwd of each kernel compiled for one v5e chip (B2 T1024 H8:2 E128, bf16, causal):

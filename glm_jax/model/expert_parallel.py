@@ -17,7 +17,7 @@ buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not 
 and counted.
 
 `model.moe_dispatch_tokens` = m > 0 sends a device's tokens m at a time (a scan over n / m rounds,
-each round rematerialized in the backward pass), so the buffers are P x m x k rows whatever n
+each round rematerialized in the backward pass; unrolled with `model.scan_layers=False`), so the buffers are P x m x k rows whatever n
 is: still dropless, same numbers, per-device memory bounded at long sequences (GLM-4.5-Air at
 8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer in one round) for n / m smaller
 all-to-alls.
@@ -108,6 +108,9 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
             raise ValueError(f"expert parallelism needs the batch split over mesh axis {name!r} "
                              f"(train.batch_size / train.seq_len must divide over it): got token spec {tok}")
     row = P(*tok, None)
+    # An fsdp axis of 1 stays out of the weights' specs: named there, the gathered weights would
+    # count as varying over it while the tokens (whose spec drops size-1 axes) do not.
+    fsdp = "fsdp" if mesh.shape["fsdp"] > 1 else None
 
     def local(x, w, e, wi, wo):
         bl, tl, D = x.shape
@@ -116,8 +119,9 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
         if n % m:
             raise ValueError(f"model.moe_dispatch_tokens={m} must divide the {n} tokens each device holds "
                              f"(batch rows x positions per device, {bl} x {tl}); pick a divisor or 0 (all at once)")
-        wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)  # once a layer, not once a round
-        wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
+        if fsdp:
+            wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)  # once a layer, not once a round
+            wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
         x, w, e = x.reshape(n // m, m, D), w.reshape(n // m, m, k), e.reshape(n // m, m, k)
         if n == m:
             out, load, dropped = _dispatch_local(x[0], w[0], e[0], wi, wo, cfg, used)
@@ -132,11 +136,13 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
             return (sums[0] + load, sums[1] + dropped), out
 
         zeros = (jnp.zeros((cfg.num_experts,), jnp.float32), jnp.zeros((), jnp.float32))
-        (load, dropped), out = jax.lax.scan(body, zeros, (x, w, e))
+        # scan_layers=False leaves no while loop in a layer (rounds unrolled): what glm_jax.aot's
+        # loop-free variants need, since XLA's cost analysis counts a loop body once.
+        (load, dropped), out = jax.lax.scan(body, zeros, (x, w, e), unroll=not cfg.scan_layers)
         return out.reshape(bl, tl, D), load, dropped
 
     fn = jax.shard_map(local, mesh=mesh,
-                       in_specs=(row, row, row, P(AXIS, "fsdp", None, "tensor"), P(AXIS, "tensor", "fsdp")),
+                       in_specs=(row, row, row, P(AXIS, fsdp, None, "tensor"), P(AXIS, "tensor", fsdp)),
                        out_specs=(row, P(), P()),
                        check_vma=cfg.moe_matmul != "megablox")  # megablox's pallas_call declares no varying axes
     D = x.shape[1]

@@ -30,7 +30,6 @@ import tempfile
 import time
 
 import jax
-from clu import metric_writers
 
 from glm_jax import storage
 from glm_jax.config import Config, ModelConfig
@@ -102,6 +101,8 @@ class Metrics:
         self.stage, self.cfg, self.end = stage, cfg, end_step
         self.tb_dir = storage.join(workdir, "tb")
         self._local_tb = tempfile.mkdtemp(prefix="glm_jax_tb-") if storage.is_url(workdir) else None
+        from clu import metric_writers  # noqa: PLC0415 - imports TensorFlow (~7 s); the FLOP formulas need none of it
+
         self.writer = metric_writers.create_default_writer(
             self._local_tb or self.tb_dir, just_logging=not self.primary, asynchronous=True)
         self.chunks = _Chunks(workdir) if self.primary else None

@@ -12,9 +12,11 @@ from glm_jax.model import init_params, spec
 from glm_jax.train.step import batch_shardings, grads_and_sums
 from tests.moe.test_train import structured_batch, train_cfg
 
-# name: (mesh, model overrides); expert4_fsdp2 holds one row of 32 tokens a device: 4 rounds of 8
+# name: (mesh, model overrides); expert4_fsdp2 holds one row of 32 tokens a device: 4 rounds of 8;
+# expert8 (no fsdp): one expert a device, the layers and 4 rounds of 8 of its 32 tokens unrolled
 MESHES = {"expert1": (dict(fsdp=1), {}), "expert4_fsdp2_rounds": (dict(expert=4, fsdp=2), dict(moe_dispatch_tokens=8)),
-          "expert2_tensor2_fsdp2": (dict(expert=2, tensor=2, fsdp=2), {})}
+          "expert2_tensor2_fsdp2": (dict(expert=2, tensor=2, fsdp=2), {}),
+          "expert8_unrolled_rounds": (dict(expert=8, fsdp=1), dict(moe_dispatch_tokens=8, scan_layers=False))}
 
 
 def loss_and_grads(mesh_kw, model_kw, cfg=None):
@@ -47,7 +49,7 @@ def loss_and_grads(mesh_kw, model_kw, cfg=None):
 def test_same_loss_and_grads_on_expert_meshes():
     ref_g, ref = loss_and_grads(*MESHES["expert1"])
     assert float(np.sum(ref["stats"]["moe_layers"]["dropped"])) == 0
-    for name in ("expert4_fsdp2_rounds", "expert2_tensor2_fsdp2"):
+    for name in ("expert4_fsdp2_rounds", "expert2_tensor2_fsdp2", "expert8_unrolled_rounds"):
         g, aux = loss_and_grads(*MESHES[name])
         for k in ("ce", "mtp_ce", "weight", "mtp_weight"):
             np.testing.assert_allclose(aux[k], ref[k], rtol=1e-5, err_msg=f"{name} {k}")
