@@ -28,12 +28,18 @@ MESH_AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 # sequence over the context-parallel axis. Activations leave their embed dim unsharded (None).
 # Expert parallelism: routed experts split over `expert`, which also splits the batch rows (outside
 # the MoE blocks it is one more data-parallel axis; inside them tokens travel to their experts by
-# all-to-all, glm_jax.model.moe). With expert=1 (the default) it changes nothing.
+# all-to-all, glm_jax.model.moe). Every other weight (attention, router, shared expert, embeddings)
+# shards its embed dim over fsdp x expert, so it is split over all the devices that split the batch
+# (ZeRO-3 over both): with `embed` over fsdp only, GLM-4.5's 22B dense parameters and their Adam
+# moments would be held 32 times on an expert=32 mesh. Routed experts' own embed dim
+# (`expert_embed`) is over fsdp, `expert` being taken by their experts dim. With expert=1 (the
+# default) none of this changes anything.
 LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp", "expert"),
     "experts": ("expert",),
     "seq": ("sequence",),
-    "embed": ("fsdp",),
+    "embed": ("fsdp", "expert"),
+    "expert_embed": ("fsdp",),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),
@@ -95,14 +101,17 @@ def logical_to_spec(logical_axes: Sequence[str | None]) -> P:
 
 
 def sharding_for(mesh: jax.sharding.Mesh, shape: Sequence[int], logical_axes: Sequence[str | None]) -> NamedSharding:
-    """NamedSharding of an array of `shape`; a dim its mesh axes do not divide stays replicated
-    (e.g. GLM-4's 2 kv heads on a tensor axis of 4: K/V weights replicate, Q still shards)."""
+    """NamedSharding of an array of `shape`; a dim is split over the longest leading run of its
+    mesh axes whose product divides it, and stays replicated if none does (e.g. GLM-4's 2 kv heads
+    on a tensor axis of 4: K/V weights replicate, Q still shards; an embed dim fsdp x expert do
+    not divide: over fsdp alone)."""
     spec = []
     for dim, entry in zip(shape, logical_to_spec(logical_axes)):
         axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
         kept = tuple(a for a in axes if mesh.shape[a] > 1)
-        size = math.prod(mesh.shape[a] for a in kept)
-        spec.append(None if not kept or dim % size else (kept if len(kept) > 1 else kept[0]))
+        while kept and dim % math.prod(mesh.shape[a] for a in kept):
+            kept = kept[:-1]
+        spec.append(None if not kept else (kept if len(kept) > 1 else kept[0]))
     return NamedSharding(mesh, P(*spec))
 
 

@@ -37,6 +37,25 @@ def test_param_shardings_follow_the_rule_table():
     assert sh["layers"]["mlp"]["wo"]["kernel"].spec == P(None, "tensor", "fsdp")
 
 
+def test_on_an_expert_mesh_every_weight_matrix_is_split_over_every_device():
+    """expert=4 x fsdp=2: routed experts over expert (experts) x fsdp (embed), every other matrix
+    (attention, router, shared expert, embeddings, MTP) over fsdp x expert: each device holds an
+    eighth of every matrix, none is repeated on the 4 expert shards (ZeRO-3 over both axes)."""
+    from tests.moe.hf_glm4moe import tiny_moe
+
+    mesh = sharding.make_mesh(MeshConfig(expert=4, fsdp=2))
+    specs = param_specs(tiny_moe(mtp_layers=1))
+    sh = sharding.tree_shardings(mesh, specs)
+    assert sh["moe_layers"]["moe"]["experts"]["wi"]["kernel"].spec == P(None, "expert", "fsdp", None, None)
+    assert sh["moe_layers"]["attn"]["q"]["kernel"].spec == P(None, ("fsdp", "expert"), None, None)
+    leaves = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: hasattr(x, "logical_axes"))[0]
+    for (path, spec), s in zip(leaves, jax.tree.leaves(sh)):
+        if {"embed", "expert_embed"} & set(spec.logical_axes):  # every matrix (norm scales, biases replicate)
+            assert np.prod(s.shard_shape(spec.shape)) * 8 == np.prod(spec.shape), jax.tree_util.keystr(path)
+    # a dim fsdp x expert does not divide goes over fsdp alone, not replicated
+    assert sharding.sharding_for(mesh, (6, 4), ("embed", None)).spec == P("fsdp", None)
+
+
 def test_global_batch_assembles_rows_sharded_over_data_and_fsdp():
     mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     local = {"tokens": np.arange(8 * 16, dtype=np.int32).reshape(8, 16)}

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from glm_jax.sharding import LOGICAL_RULES
+from glm_jax.sharding import sharding_for
 
 AXIS = "sequence"
 
@@ -56,12 +56,8 @@ def from_layout(x: jax.Array, shards: int) -> jax.Array:
 
 
 def _mesh_axes(logical: str, mesh, dim: int):
-    """Mesh axes a dim of size `dim` shards over inside the shard_map (None if they don't divide it)."""
-    axes = tuple(a for a in LOGICAL_RULES[logical] if mesh.shape[a] > 1)
-    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if not axes or dim % size:
-        return None
-    return axes if len(axes) > 1 else axes[0]
+    """Mesh axes a dim of size `dim` shards over inside the shard_map: as the arrays are sharded."""
+    return sharding_for(mesh, (dim,), (logical,)).spec[0]
 
 
 LocalAttention = Callable[..., jax.Array]

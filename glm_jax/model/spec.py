@@ -91,8 +91,9 @@ def _layer_specs(cfg: ModelConfig, L: int | None, moe: bool) -> dict:
 
     def mlp(F, experts=()):
         x_axes = ("experts",) if experts else ()
-        return {"wi": {"kernel": spec(experts + (D, 2, F), x_axes + ("embed", None, "mlp"))},
-                "wo": {"kernel": spec(experts + (F, D), x_axes + ("mlp", "embed"))}}
+        d_axis = "expert_embed" if experts else "embed"  # `expert` is taken by the experts dim
+        return {"wi": {"kernel": spec(experts + (D, 2, F), x_axes + (d_axis, None, "mlp"))},
+                "wo": {"kernel": spec(experts + (F, D), x_axes + ("mlp", d_axis))}}
 
     attn = {"q": proj(H, "heads"), "k": proj(K, "kv_heads"), "v": proj(K, "kv_heads"),
             "o": {"kernel": spec((H, E, D), ("heads", "head_dim", "embed"))}}
