@@ -1,7 +1,7 @@
 """Released GLM-4 shapes planned for TPU slices without a TPU: per-device HBM of the real train
 step, whether it fits, XLA-counted and model FLOPs, projected step time and both MFUs, collectives.
 
-    python benchmarks/aot_plans.py --plan=glm4_9b_8k [--rows=v6e-256,v5p-128] [--list]
+    python benchmarks/aot_plans.py --plan=glm4_9b_8k [--rows=v6e-256,v5p-128] [--list] [--memory-only]
 
 Every row compiles the real step with libtpu on this CPU host (`glm_jax.aot.plan`; 5-20 min a row
 for 9B/32B shapes), prints `glm_jax.aot`'s report, and is merged into
@@ -76,13 +76,14 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def run_row(config_file: str, topology: str, overrides: list[str]) -> dict:
-    """One compiled plan, or the compile error that says why there is none."""
+def run_row(config_file: str, topology: str, overrides: list[str], costs: bool = True) -> dict:
+    """One compiled plan (costs=False: memory and collectives only), or the compile error that says
+    why there is none."""
     cd = config.load_config_dict(os.path.join(REPO, "configs", config_file))
     cfg = config.from_config_dict(config.apply_overrides(cd, overrides))
     t0 = time.perf_counter()
     try:
-        return {**aot.plan(cfg, topology), "error": None}
+        return {**aot.plan(cfg, topology, costs=costs), "error": None}
     except Exception as e:  # noqa: BLE001 - libtpu's compile errors are bare runtime errors; they are the result
         text = str(e)
         fits = False if "RESOURCE_EXHAUSTED" in text else None
@@ -119,6 +120,7 @@ def main():
     ap.add_argument("--rows", default="", help="comma-separated row names (default: every row of the plan)")
     ap.add_argument("--list", action="store_true", help="print the plan's rows and commands, compile nothing")
     ap.add_argument("--out", default="", help="default benchmarks/results/aot_<plan>.json")
+    ap.add_argument("--memory-only", action="store_true", help="HBM and collectives only (no FLOPs, step time)")
     a = ap.parse_args()
     config_file, what, plan_rows = PLANS[a.plan]
     names = [n for n in a.rows.split(",") if n] or list(plan_rows)
@@ -131,7 +133,7 @@ def main():
             print(f"{n}: python -m glm_jax.aot --config=configs/{config_file} --topology={topology} "
                   + " ".join(f"--config.{o}" for o in overrides))
         return
-    run_plan(a.plan, names, a.out)
+    run_plan(a.plan, names, a.out, costs=not a.memory_only)
 
 
 def _saved_rows(path: str) -> dict:
@@ -141,15 +143,16 @@ def _saved_rows(path: str) -> dict:
         return json.load(f).get("rows", {})
 
 
-def run_plan(plan: str, names: list[str], out: str = "") -> dict:
-    """Compiles the named rows of `plan`, merging each into its JSON (default
-    benchmarks/results/aot_<plan>.json) as it finishes; prints the summary; returns the document."""
+def run_plan(plan: str, names: list[str], out: str = "", costs: bool = True) -> dict:
+    """Compiles the named rows of `plan` (costs=False: the real step only, see glm_jax.aot), merging
+    each into its JSON (default benchmarks/results/aot_<plan>.json) as it finishes; prints the
+    summary; returns the document."""
     config_file, what, plan_rows = PLANS[plan]
     out = out or os.path.join(REPO, "benchmarks", "results", f"aot_{plan}.json")
     doc = {"plan": plan, "config": config_file, "what": what, "rows": _saved_rows(out)}
     for n in names:
         topology, overrides = plan_rows[n]
-        row = run_row(config_file, topology, overrides)
+        row = run_row(config_file, topology, overrides, costs)
         row.update(overrides=overrides, commit=_commit(), measured=time.strftime("%Y-%m-%d"))
         print(f"== {n}" + ("" if row["error"] else "\n" + aot.format_report(row)), flush=True)
         print(f"{n}: {'compile failed: ' + row['error'] if row['error'] else 'compiled'} "

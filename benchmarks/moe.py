@@ -2,7 +2,7 @@
 active size, and the AOT table (GLM-4.5-Air and GLM-4.5 at 8K on v5p).
 
     python benchmarks/moe.py cpu [--steps=10] [--out=benchmarks/results/moe_cpu.json]
-    python benchmarks/moe.py aot [--rows=glm4_5_air_8k:v5p-64,glm4_5_8k:v5p-256]
+    python benchmarks/moe.py aot [--rows=glm4_5_air_8k:v5p-64,glm4_5_8k:v5p-256] [--memory-only]
 
 cpu: configs/debug_moe.py (batch 8 x 256, fp32, one device) three ways: MoE with its MTP loss, MoE
 without it (train.mtp_loss_weight=0: the MTP module is not run), and a dense model with the same
@@ -111,7 +111,7 @@ def aot(a):
         if plan not in MOE_PLANS or row not in aot_plans.PLANS[plan][2]:
             raise SystemExit(f"--rows: {plan}:{row} is not a MoE plan row; valid: "
                              + ",".join(f"{p}:{r}" for p in MOE_PLANS for r in aot_plans.PLANS[p][2]))
-        docs[plan] = aot_plans.run_plan(plan, [row])
+        docs[plan] = aot_plans.run_plan(plan, [row], costs=not a.memory_only)
     return {"plans": sorted(docs)}
 
 
@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rows", default="", help="aot: comma-separated plan:row (default: every MoE row)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--memory-only", action="store_true", help="aot: HBM and collectives only (no step time)")
     a = ap.parse_args()
     if a.what == "aot":  # aot_plans writes its own per-plan JSON, row by row
         aot(a)

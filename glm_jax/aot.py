@@ -1,7 +1,7 @@
 """What will a run cost? Compile the real train step for a TPU topology, without a TPU.
 
     python -m glm_jax.aot --config=configs/glm4_9b.py --topology=v5p:4x4x8 --config.train.seq_len=8192 \\
-        [--out=report.json]
+        [--out=report.json] [--memory_only]
 
 Uses libtpu's compiler through `jax.experimental.topologies.get_topology_desc` (topology names
 like v4:2x2x2, v5e:2x2, v5p:4x4x8, v6e:4x4, v7:2x2x1). Prints per-device HBM (arguments,
@@ -18,7 +18,8 @@ corners extrapolate bilinearly to L layers x A micro-batches (two compiles when 
 Collectives come from the real program's HLO, ops inside a while loop multiplied by its trip
 count, a tuple-shaped (variadic) collective counted as the sum of its shapes. Pallas kernels
 count what they declare: our flash kernel and splash (wrapped) declare block-sparse costs.
-Where libtpu cannot compile for a generation, the error says so.
+Where libtpu cannot compile for a generation, the error says so. `--memory_only` compiles the
+real step alone (HBM, collectives; a minute where a large MoE's loop-free variants take hours).
 """
 
 from __future__ import annotations
@@ -218,8 +219,9 @@ def _extrapolate(c: dict[tuple[int, int], dict], layers: int, micro: int) -> dic
     return {k: at(k) for k in ("flops", "bytes", "seconds")}
 
 
-def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
-    """The report: HBM and collectives of the real program `compiled`; per-step `costs` (see `plan`)."""
+def analyze(cfg: Config, compiled, mesh, costs: dict | None) -> dict:
+    """The report: HBM and collectives of the real program `compiled`; per-step `costs` (see `plan`;
+    None: FLOPs, bytes, step time and MFUs left out as None)."""
     devices = mesh.devices.size
     kind = mesh.devices.flat[0].device_kind
     chip = CHIPS.get(kind, {})
@@ -234,6 +236,26 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
     coll_bytes = sum(r["bytes"] for r in colls.values())
     tokens = cfg.train.batch_size * cfg.train.seq_len
     model_flops = metrics_lib.train_flops_per_token(cfg.model, cfg.train.seq_len) * tokens
+    if costs is None:
+        costs = {"flops": None, "bytes": None, "seconds": None}
+    report = {
+        "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
+        "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+        "tokens_per_step": tokens, "attention": cfg.model.attention, "remat": cfg.model.remat,
+        "dtype": cfg.model.dtype, "loss_chunk": cfg.train.loss_chunk, "libtpu": _libtpu_version(),
+        "hbm_per_device": {"arguments": arg, "outputs": out, "aliased": alias, "temporaries": temp,
+                           "generated_code": code, "total": total, "capacity": capacity},
+        "fits": (total <= capacity) if capacity else None,
+        "model_flops_per_device": model_flops / devices, "model_flops_per_step": model_flops,
+        "peak_flops_per_device": peak,
+        "collectives": colls,
+        "all_to_all_bytes_per_device": colls.get("all-to-all", {}).get("bytes", 0),
+    }
+    if costs["flops"] is None:
+        return {**report, **dict.fromkeys(
+            ("flops_per_device", "xla_to_model_flops", "bytes_accessed_per_device", "xla_optimal_seconds",
+             "roofline_seconds", "roofline_step_seconds", "projected_step_seconds", "projected_mfu_xla",
+             "projected_mfu_model"), None), "mfu_note": "costs not computed (memory only)"}
     xla_flops = costs["flops"]
     terms = {"compute": xla_flops / peak if peak else 0.0,
              "hbm": costs["bytes"] / chip["hbm_bw"] if chip else 0.0,
@@ -249,24 +271,11 @@ def analyze(cfg: Config, compiled, mesh, costs: dict) -> dict:
         else:  # the step time rests on FLOPs XLA counted; more model FLOPs than that would be invented
             note = (f"XLA counted {xla_flops * devices / model_flops:.0%} of the model formula's FLOPs (a kernel "
                     f"without a cost estimate?): model MFU not shown")
-    return {
-        "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
-        "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
-        "tokens_per_step": tokens, "attention": cfg.model.attention, "remat": cfg.model.remat,
-        "dtype": cfg.model.dtype, "loss_chunk": cfg.train.loss_chunk, "libtpu": _libtpu_version(),
-        "hbm_per_device": {"arguments": arg, "outputs": out, "aliased": alias, "temporaries": temp,
-                           "generated_code": code, "total": total, "capacity": capacity},
-        "fits": (total <= capacity) if capacity else None,
-        "flops_per_device": xla_flops, "model_flops_per_device": model_flops / devices,
-        "model_flops_per_step": model_flops, "xla_to_model_flops": xla_flops * devices / model_flops,
-        "bytes_accessed_per_device": costs["bytes"],
-        "peak_flops_per_device": peak,
-        "xla_optimal_seconds": costs["seconds"], "roofline_seconds": terms, "roofline_step_seconds": roofline,
-        "projected_step_seconds": step_seconds,
-        "projected_mfu_xla": mfu_xla, "projected_mfu_model": mfu_model, "mfu_note": note,
-        "collectives": colls,
-        "all_to_all_bytes_per_device": colls.get("all-to-all", {}).get("bytes", 0),
-    }
+    return {**report, "flops_per_device": xla_flops, "xla_to_model_flops": xla_flops * devices / model_flops,
+            "bytes_accessed_per_device": costs["bytes"],
+            "xla_optimal_seconds": costs["seconds"], "roofline_seconds": terms, "roofline_step_seconds": roofline,
+            "projected_step_seconds": step_seconds,
+            "projected_mfu_xla": mfu_xla, "projected_mfu_model": mfu_model, "mfu_note": note}
 
 
 def _pct(x) -> str:
@@ -285,6 +294,9 @@ def format_report(r: dict) -> str:
         verdict = (f"fits ({(cap - h['total']) / GiB:.2f} GiB free of {cap / GiB:.0f} GiB)" if r["fits"]
                    else f"does not fit by {(h['total'] - cap) / GiB:.2f} GiB (capacity {cap / GiB:.0f} GiB)")
         lines.append(f"  {'capacity':<16}{cap / GiB:10.3f} GiB  -> {verdict}")
+    if r["flops_per_device"] is None:  # memory only
+        lines.append(f"FLOPs, bytes, step time: {r['mfu_note']}")
+        return "\n".join(lines + _collective_lines(r))
     lines.append(f"FLOPs per device per step      XLA-counted {r['flops_per_device']:.4g}   "
                  f"model formula {r['model_flops_per_device']:.4g}   (XLA / model = {r['xla_to_model_flops']:.2f})")
     lines.append(f"bytes accessed per device      {r['bytes_accessed_per_device']:.4g}")
@@ -298,10 +310,14 @@ def format_report(r: dict) -> str:
                  f"model FLOPs {_pct(r['projected_mfu_model'])}")
     if r.get("mfu_note"):
         lines.append(f"  note: {r['mfu_note']}")
-    lines.append("collectives per step (per device):")
+    return "\n".join(lines + _collective_lines(r))
+
+
+def _collective_lines(r: dict) -> list[str]:
+    lines = ["collectives per step (per device):"]
     for kind, row in sorted(r["collectives"].items()):
         lines.append(f"  {kind:<20}{int(row['count']):6d} ops  {row['bytes'] / GiB:10.3f} GiB")
-    return "\n".join(lines)
+    return lines
 
 
 def step_costs(cfg: Config, devices: list) -> dict:
@@ -313,13 +329,14 @@ def step_costs(cfg: Config, devices: list) -> dict:
     return _extrapolate(corners, _repeated_layers(cfg), A)
 
 
-def plan(cfg: Config, topology: str) -> dict:
+def plan(cfg: Config, topology: str, costs: bool = True) -> dict:
     """Compiles the real step (memory, collectives) and its loop-free variants (FLOPs, bytes,
-    XLA's time), extrapolated to the model's depth and micro-batch count (see the module docstring)."""
+    XLA's time), extrapolated to the model's depth and micro-batch count (see the module docstring).
+    costs=False: the real step only (minutes, where a large MoE's loop-free variants take hours)."""
     t0 = time.perf_counter()
     devices = topology_devices(topology)
     compiled, mesh = compile_train_step(cfg, devices)
-    report = analyze(cfg, compiled, mesh, step_costs(cfg, devices))
+    report = analyze(cfg, compiled, mesh, step_costs(cfg, devices) if costs else None)
     report["topology"] = topology
     report["compile_seconds"] = time.perf_counter() - t0
     return report
@@ -330,7 +347,7 @@ def main(argv):
     from absl import flags  # noqa: PLC0415
 
     cfg = config_lib.from_config_dict(flags.FLAGS.config)
-    report = plan(cfg, flags.FLAGS.topology)
+    report = plan(cfg, flags.FLAGS.topology, costs=not flags.FLAGS.memory_only)
     print(format_report(report))
     if flags.FLAGS.out:
         with open(flags.FLAGS.out, "w") as f:
@@ -344,5 +361,6 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=False)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v5p:4x4x8.")
     flags.DEFINE_string("out", None, "Write the report as JSON here.")
+    flags.DEFINE_bool("memory_only", False, "Compile the real step only: HBM and collectives, no FLOPs or step time.")
     flags.mark_flags_as_required(["config", "topology"])
     app.run(main)

@@ -43,6 +43,18 @@ def test_debug_model_train_step_compiles_for_v5e_2x2(tmp_path):
     assert "HBM per device" in proc.stdout and "projected MFU" in proc.stdout and "model formula" in proc.stdout
 
 
+@pytest.mark.slow
+def test_memory_only_reports_hbm_and_collectives_without_costs(tmp_path):
+    out = tmp_path / "aot.json"
+    proc = _aot("--config=configs/debug.py", "--topology=v5e:2x2", "--config.mesh.fsdp=4", "--memory_only",
+                f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["fits"] and r["hbm_per_device"]["total"] > 0 and r["collectives"]["all-gather"]["count"] > 0
+    assert r["flops_per_device"] is None and r["projected_step_seconds"] is None and r["projected_mfu_model"] is None
+    assert "memory only" in proc.stdout and "MFU" not in proc.stdout
+
+
 def test_unknown_topology_is_a_clear_error():
     proc = _aot("--config=configs/debug.py", "--topology=v9z:1x1", timeout=120)
     assert proc.returncode != 0
