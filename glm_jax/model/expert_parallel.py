@@ -17,10 +17,10 @@ buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not 
 and counted.
 
 `model.moe_dispatch_tokens` = m > 0 sends a device's tokens m at a time (a scan over n / m rounds,
-each round rematerialized in the backward pass; unrolled with `model.scan_layers=False`), so the buffers are P x m x k rows whatever n
-is: still dropless, same numbers, per-device memory bounded at long sequences (GLM-4.5-Air at
-8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer in one round) for n / m smaller
-all-to-alls.
+each round rematerialized in the backward pass; unrolled with `model.scan_layers=False`), so the
+buffers are P x m x k rows whatever n is: still dropless, same numbers, per-device memory bounded
+at long sequences (GLM-4.5-Air at 8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer
+in one round) for n / m smaller all-to-alls.
 
 Letters: N tokens, D hidden, k experts per token, A = n x k local assignments, X experts,
 P expert shards, C expert ffn.

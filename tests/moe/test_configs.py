@@ -63,8 +63,8 @@ def test_debug_moe_is_small_and_complete():
     assert m.is_moe and m.mtp_layers == 1 and m.qk_norm and m.first_dense_layers == 1
     assert spec.param_count(m) < 12_000_000
     tree = spec.param_specs(m)
-    assert tree["moe_layers"]["moe"]["experts"]["wi"]["kernel"].logical_axes == ("layers", "experts", "embed", None,
-                                                                                  "mlp")
+    wi = tree["moe_layers"]["moe"]["experts"]["wi"]["kernel"]
+    assert wi.logical_axes == ("layers", "experts", "expert_embed", None, "mlp")
     bf16 = spec.param_specs(replace(m, param_dtype="bfloat16"))["moe_layers"]["moe"]
     assert jnp.dtype(bf16["router"]["kernel"].dtype) == jnp.float32  # routing stays fp32 whatever param_dtype
     assert jnp.dtype(bf16["router"]["bias"].dtype) == jnp.float32
