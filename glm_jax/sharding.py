@@ -116,11 +116,12 @@ def sharding_for(mesh: jax.sharding.Mesh, shape: Sequence[int], logical_axes: Se
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint by logical names; a no-op when no mesh is set."""
+    """Sharding constraint by logical names, as `sharding_for` lays such an array out (so the
+    output kernel's gradient lands like the kernel); a no-op when no mesh is set."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical_axes)))
+    return jax.lax.with_sharding_constraint(x, sharding_for(mesh, x.shape, logical_axes))
 
 
 # ---------------------------------------------------------------------------------------------
