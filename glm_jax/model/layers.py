@@ -55,6 +55,37 @@ def rotary(style: str):
 
 
 def swiglu_mlp(x: jax.Array, wi: jax.Array, wo: jax.Array) -> jax.Array:
-    """x [B, T, D], wi [D, 2, F] (gate, up), wo [F, D] -> [B, T, D]: wo(silu(gate x) * up x)."""
-    h = jnp.einsum("btd,dcf->btcf", x, wi.astype(x.dtype))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(h[:, :, 0]) * h[:, :, 1], wo.astype(x.dtype))
+    """x [B, T, D], wi [D, 2, F] (gate, up), wo [F, D] -> [B, T, D]: wo(silu(gate x) * up x).
+
+    The backward pass (custom VJP, the same numbers as autodiff's) keeps x and h = x wi
+    [B, T, 2, F] and writes dwi as x^T dh, so it comes out in wi's own layout. Autodiff computes
+    dh^T x and transposes it: XLA:CPU then copies dh [B x T, 2F] and dwi into transposed
+    layouts every layer (its GEMMs take no transpose flags), and keeps more [L, B, T, F]
+    residual stacks under the layer scan."""
+    return _swiglu(x, wi.astype(x.dtype), wo.astype(x.dtype))
+
+
+def _swiglu_fwd(x, wi, wo):
+    h = jnp.einsum("btd,dcf->btcf", x, wi)
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(h[:, :, 0]) * h[:, :, 1], wo), (x, wi, wo, h)
+
+
+@jax.custom_vjp
+def _swiglu(x, wi, wo):
+    return _swiglu_fwd(x, wi, wo)[0]
+
+
+def _swiglu_bwd(res, dy):
+    x, wi, wo, h = res
+    gate, up = h[:, :, 0], h[:, :, 1]
+    sig = jax.nn.sigmoid(gate)
+    act = gate * sig  # silu(gate)
+    dwo = jnp.einsum("btd,btf->df", dy, act * up).T
+    d_act = jnp.einsum("btd,fd->btf", dy, wo)
+    dh = jnp.stack([d_act * up * (sig * (1 + gate * (1 - sig))), d_act * act], axis=2)  # silu' = s(1 + g(1 - s))
+    dwi = jnp.einsum("btd,btcf->dcf", x, dh)
+    dx = jnp.einsum("btcf,dcf->btd", dh, wi)
+    return dx, dwi, dwo
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
