@@ -194,17 +194,13 @@ def _repeated_layers(cfg: Config) -> int:
 
 def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
-    layers (a MoE model: its dense prefix and `layers` MoE layers), the loss in one chunk,
-    `micro_batches` micro-batches' rows in one pass.
-
-    A MoE model that dispatches its tokens in rounds gets one round of all of them, rematerialized
-    like each of the real rounds: rounds split the same work (the same XLA FLOPs as the rounds
-    unrolled: tests/test_aot.py), and one compiles in a fraction of the time (a 100B+ MoE's
-    unrolled rounds took libtpu hours on a 2-core machine)."""
+    layers (a MoE model: its dense prefix and `layers` MoE layers, dispatch rounds unrolled), the loss in one chunk,
+    `micro_batches` micro-batches' rows in one pass. The rounds stay rounds: libtpu refuses to
+    compile a program over HBM, and one round of all tokens is (GLM-4.5-Air on v5p-64: 112 GiB
+    of temporaries where the real step's rounds need 43)."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
     total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
-    m = cfg.model.moe_dispatch_tokens and rows * cfg.train.seq_len  # >= a device's tokens: one round
-    model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False, moe_dispatch_tokens=m)
+    model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
     train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
     return dataclasses.replace(cfg, model=model, train=train)
 

@@ -17,8 +17,7 @@ buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not 
 and counted.
 
 `model.moe_dispatch_tokens` = m > 0 sends a device's tokens m at a time (a scan over n / m rounds,
-each round rematerialized in the backward pass, one round too when m >= n; unrolled with
-`model.scan_layers=False`), so the
+each round rematerialized in the backward pass; unrolled with `model.scan_layers=False`), so the
 buffers are P x m x k rows whatever n is: still dropless, same numbers, per-device memory bounded
 at long sequences (GLM-4.5-Air at 8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer
 in one round) for n / m smaller all-to-alls.
@@ -124,7 +123,7 @@ def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax
             wi = jax.lax.all_gather(wi, "fsdp", axis=1, tiled=True)  # once a layer, not once a round
             wo = jax.lax.all_gather(wo, "fsdp", axis=2, tiled=True)
         x, w, e = x.reshape(n // m, m, D), w.reshape(n // m, m, k), e.reshape(n // m, m, k)
-        if not cfg.moe_dispatch_tokens:  # all at once; rounds (even one: m >= n) are rematerialized
+        if n == m:
             out, load, dropped = _dispatch_local(x[0], w[0], e[0], wi, wo, cfg, used)
             return out.reshape(bl, tl, D), load, dropped
 

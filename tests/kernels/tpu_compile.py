@@ -75,7 +75,8 @@ def compile_train_steps(devices):
     """The debug model's real train step (glm_jax.aot: donating, sharded, AdamW) with each Pallas
     backend on a (fsdp, tensor) mesh of the topology (the reference backend's step compiles for the
     same mesh through the CLI in tests/test_aot.py)."""
-    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), ["mesh.tensor=2"])
+    # two rows (not 8): libtpu's compile time grows with the tokens; the kernels' tiling does not
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), ["mesh.tensor=2", "train.batch_size=2"])
     for backend in ("flash", "splash"):
         compiled, _ = aot.compile_train_step(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=backend)),
                                              list(devices))
