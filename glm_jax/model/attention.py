@@ -72,14 +72,14 @@ def _grouped_attention_bwd(res, d_out):
     probs = jnp.exp(_scaled_logits(qg, kt, mask) - log_z)  # masked entries: exactly 0
     d_out = d_out.astype(jnp.float32)
     # dv and dk contract over (g, t): written as [E, S] = X^T P, the operand XLA:CPU copies into a
-    # transposed layout is the [G x T, E] one, not the [G x T, S] probabilities (8x smaller at S = 512)
-    dv = jnp.einsum("bkgte,bkgts->bkes", d_out.astype(vt.dtype), probs.astype(vt.dtype),
-                    preferred_element_type=jnp.float32).swapaxes(-1, -2)
+    # transposed layout is the [G x T, E] one, not the [G x T, S] probabilities (8x smaller at S = 512).
+    # They come out in the inputs' dtype (the result's): XLA:CPU has no bf16 x bf16 = f32 kernel for
+    # this dot's layout, and a bf16 dot accumulates in fp32 anyway (MXU; XLA:CPU upcasts).
+    dv = jnp.einsum("bkgte,bkgts->bkes", d_out.astype(vt.dtype), probs.astype(vt.dtype)).swapaxes(-1, -2)
     d_probs = jnp.einsum("bkgte,bkse->bkgts", d_out.astype(vt.dtype), vt, preferred_element_type=jnp.float32)
     d_logits = probs * (d_probs - jnp.sum(d_out * out, axis=-1, keepdims=True)) * scale
     dq = jnp.einsum("bkgts,bkse->bkgte", d_logits.astype(kt.dtype), kt, preferred_element_type=jnp.float32)
-    dk = jnp.einsum("bkgte,bkgts->bkes", qg, d_logits.astype(qg.dtype), preferred_element_type=jnp.float32
-                    ).swapaxes(-1, -2)
+    dk = jnp.einsum("bkgte,bkgts->bkes", qg, d_logits.astype(qg.dtype)).swapaxes(-1, -2)
     return dq.astype(qg.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None
 
 
