@@ -196,8 +196,8 @@ def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
     layers (a MoE model: its dense prefix and `layers` MoE layers, dispatch rounds unrolled), the loss in one chunk,
     `micro_batches` micro-batches' rows in one pass. The rounds stay rounds: libtpu refuses to
-    compile a program over HBM, and one round of all tokens is (GLM-4.5-Air on v5p-64: 112 GiB
-    of temporaries where the real step's rounds need 43)."""
+    compile a program over HBM, and the variant with one round of all tokens does not fit
+    (GLM-4.5-Air on v5p-64: 112 GiB of temporaries; the real step needs 43)."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
     total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
     model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
