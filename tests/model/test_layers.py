@@ -49,6 +49,7 @@ def test_swiglu_bf16_compute_with_fp32_weights():
     plain = lambda x, wi, wo: _plain_mlp(x, wi.astype(x.dtype), wo.astype(x.dtype))
     grads = [jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a).astype(jnp.float32) * cot), argnums=(0, 1, 2))(xb, wi, wo)
              for fn in (swiglu_mlp, plain)]
+    assert [g.dtype for g in grads[0]] == [jnp.bfloat16, jnp.float32, jnp.float32]
     for name, a, b in zip(("dx", "dwi", "dwo"), *grads):
         assert a.dtype == b.dtype, name
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=3e-2, atol=3e-2,
