@@ -154,7 +154,7 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
         for line in comps[name]:
             w = re.search(r"condition=%?([\w.\-]+), body=%?([\w.\-]+)", line)
             if w:
-                bounds = [int(c) for c in re.findall(r"s32\[\] constant\((\d+)\)", "\n".join(comps.get(w.group(1), [])))]
+                bounds = [int(c) for c in re.findall(r"s32\[\](?:\{[^}]*\})? constant\((\d+)\)", "\n".join(comps.get(w.group(1), [])))]
                 visit(w.group(2), factor * (max(bounds) if bounds else 1), depth + 1)
                 continue
             if "-done(" in line:  # an async pair names its computation on -start and -done: count it once

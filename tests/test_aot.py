@@ -150,6 +150,25 @@ ENTRY %main (x: f32[16]) -> f32[4] {
     assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 4}  # one async pair, counted once
 
 
+def test_collectives_in_a_libtpu_compiled_loop_count_once_per_iteration():
+    """libtpu's HLO writes layouts on scalars (`s32[]{:T(128)} constant(7)`): the loop bound is still
+    read, so a psum in a 7-step scan counts 7 times, its bytes 7 x one device's [16, 32] fp32."""
+    code = """
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from glm_jax import aot
+mesh = jax.sharding.Mesh(aot.topology_devices("v5e:2x2"), ("x",))
+body = lambda c, w: (c + jnp.sum(jax.lax.psum(w, "x")), None)
+f = jax.shard_map(lambda ws: jax.lax.scan(body, jnp.zeros(()), ws)[0], mesh=mesh, in_specs=P(None, "x"), out_specs=P())
+ws = jax.ShapeDtypeStruct((7, 16, 128), jnp.float32, sharding=NamedSharding(mesh, P(None, "x")))
+print(aot.collectives(jax.jit(f).lower(ws).compile().as_text()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=_tpu_env(), capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == str({"all-reduce": {"count": 7, "bytes": 7 * 16 * 32 * 4}})
+
+
 def test_extrapolation_counts_every_layer_of_every_micro_batch_and_the_optimizer_once():
     """Costs are fixed (optimizer) + per layer + per micro-batch x (embed/loss + per layer): the
     loop-free corners (1|2 layers x 1|2 micro-batches) give L = 40, A = 8 exactly."""
