@@ -68,7 +68,7 @@ CHIPS = {
 # Generation names users type -> libtpu's topology prefix.
 _ALIASES = {"v6": "v6e", "v7": "tpu7x", "v7x": "tpu7x", "ironwood": "tpu7x", "trillium": "v6e"}
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all", "collective-permute")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
           "f64": 8, "s64": 8, "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
 _SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
@@ -133,7 +133,9 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
     scan, grad accumulation, the loss chunks) are multiplied by its trip count, read from the
     loop condition's constant bound. An async pair is counted at its `-done` op, whose result
     is the collective's output (a `-start` result also carries the operands); a tuple result
-    counts the sum of its shapes."""
+    counts the sum of its shapes. A ragged all-to-all counts the smaller of its data operand and
+    its result: the rows a device sends on average (the dispatch sends its whole operand and
+    receives into a worst-case buffer; the return trip sends back what it received)."""
     comps, current = {}, None
     for line in hlo.splitlines():
         m = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
@@ -164,15 +166,20 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
 
     if entry:
         visit(entry, 1)
+    types = {m.group(1): m.group(2) for lines in comps.values() for line in lines
+             if (m := re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) [\w\-]+\(", line))}
     out: dict[str, dict[str, float]] = {}
     for name, lines in comps.items():
         for line in lines:
             for kind in COLLECTIVES:
-                m = re.search(rf"= (.*?) {kind}(-done)?\(", line)
+                m = re.search(rf"= (.*?) {kind}(-done)?\((?:[^%]*%)?([\w.\-]*)", line)
                 if m:
+                    size = _shape_bytes(m.group(1))
+                    if kind == "ragged-all-to-all":
+                        size = min(size, _shape_bytes(types.get(m.group(3), m.group(1))))
                     row = out.setdefault(kind, {"count": 0, "bytes": 0})
                     row["count"] += mult.get(name, 1)
-                    row["bytes"] += mult.get(name, 1) * _shape_bytes(m.group(1))
+                    row["bytes"] += mult.get(name, 1) * size
     return out
 
 
@@ -251,7 +258,7 @@ def analyze(cfg: Config, compiled, mesh, costs: dict | None) -> dict:
         "model_flops_per_device": model_flops / devices, "model_flops_per_step": model_flops,
         "peak_flops_per_device": peak,
         "collectives": colls,
-        "all_to_all_bytes_per_device": colls.get("all-to-all", {}).get("bytes", 0),
+        "all_to_all_bytes_per_device": sum(colls.get(k, {}).get("bytes", 0) for k in ("all-to-all", "ragged-all-to-all")),
     }
     if costs["flops"] is None:
         return {**report, **dict.fromkeys(

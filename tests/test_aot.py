@@ -55,6 +55,25 @@ def test_memory_only_reports_hbm_and_collectives_without_costs(tmp_path):
     assert "memory only" in proc.stdout and "MFU" not in proc.stdout
 
 
+@pytest.mark.slow
+def test_moe_tokens_travel_by_ragged_all_to_all_on_tpu(tmp_path):
+    """debug_moe on v5p:2x2x1 (expert=2 x fsdp=2, 512 tokens a device sent 128 at a time): every
+    dispatch and return is a ragged all-to-all of one round's A = 128 x 2 rows, counted at A rows
+    (not the P x A receive buffer): 4 MoE layers (MTP's included) x 4 rounds x 6 (dispatch and
+    return, again in the round's recompute, and their transposes); the dense all-to-alls left
+    carry counts and offsets (and attention's head reshards), a few percent of the bytes."""
+    out = tmp_path / "aot.json"
+    proc = _aot("--config=configs/debug_moe.py", "--topology=v5p:2x2x1", "--config.mesh.expert=2",
+                "--config.mesh.fsdp=2", "--config.train.batch_size=8", "--config.model.moe_dispatch_tokens=128",
+                "--config.model.dtype=bfloat16", "--memory_only", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    ragged, dense = r["collectives"]["ragged-all-to-all"], r["collectives"]["all-to-all"]
+    assert ragged == {"count": 4 * 4 * 6, "bytes": 4 * 4 * 6 * (128 * 2) * 256 * 2}
+    assert dense["bytes"] < 0.1 * ragged["bytes"]
+    assert r["all_to_all_bytes_per_device"] == ragged["bytes"] + dense["bytes"]
+
+
 def test_unknown_topology_is_a_clear_error():
     proc = _aot("--config=configs/debug.py", "--topology=v9z:1x1", timeout=120)
     assert proc.returncode != 0

@@ -4,23 +4,28 @@ back by all-to-all inside a `shard_map` (the only hand-placed collectives of the
     out, stats = routed_experts(x [N, D], weights [N, k], experts [N, k], wi, wo, cfg)
 
 Same contract and numbers as glm_jax.model.moe.routed_experts. Per device (inside the shard_map):
-its n tokens' A = n x k assignments are sorted by expert; the ones for the X / P experts of
-expert shard p go into row p of a send buffer [P, cap, D] (P = expert axis size), one all-to-all
-over `expert` delivers them, the receiving shard runs its experts as one grouped matmul
-(`moe.grouped_ffn`, after all-gathering its expert weights over `fsdp`; with a `tensor` axis each
-tensor shard computes its slice of every expert's ffn and a psum over `tensor` adds them up), a
-second all-to-all brings the results back, and they are unsorted and weighted like the local path.
+its n tokens' A = n x k assignments are sorted by expert and sent, in one ragged all-to-all over
+`expert` (P = its size), as P x X/P slices, one per (destination shard, local expert): only the A
+rows cross the interconnect, not a padded [P, A] buffer. The receiving shard lays them out
+expert-major, so they arrive sorted for its one grouped matmul (`moe.grouped_ffn`, after
+all-gathering its expert weights over `fsdp`; with a `tensor` axis each tensor shard computes its
+slice of every expert's ffn and a psum over `tensor` adds them up); a second ragged all-to-all
+(the mirror image) brings the results back, and they are unsorted and weighted like the local
+path. Four small all-to-alls of [P, X/P] counts and offsets tell every device where its slices
+land. XLA:CPU has no ragged all-to-all: there `ragged_all_to_all` runs the same semantics through
+a dense all-to-all (glm_jax.aot counts the real op on TPU).
 
-Dropless: cap = A, the most a device can send to one shard, so nothing is ever cut (the buffers
-are P x A rows: memory traded for never dropping). With `model.moe_capacity_factor` = cf > 0 the
-buffers shrink to cap = ceil(cf x A / P) rows per destination and what does not fit is dropped
+Dropless: a receiver's buffer holds P x cap rows with cap = A (every device could send all of its
+rows to one shard), so nothing is ever cut; only the rows sent travel and the grouped matmul
+skips the empty tail. With `model.moe_capacity_factor` = cf > 0 each device sends at most cap =
+ceil(cf x A / P) rows to each shard (its lowest experts' first) and what does not fit is dropped
 and counted.
 
 `model.moe_dispatch_tokens` = m > 0 sends a device's tokens m at a time (a scan over n / m rounds,
 each round rematerialized in the backward pass; unrolled with `model.scan_layers=False`), so the
-buffers are P x m x k rows whatever n is: still dropless, same numbers, per-device memory bounded
-at long sequences (GLM-4.5-Air at 8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB a buffer
-in one round) for n / m smaller all-to-alls.
+receive buffers are P x m x k rows whatever n is: still dropless, same numbers, per-device memory
+bounded at long sequences (GLM-4.5-Air at 8K tokens a device, expert=16: P x A x D bf16 = 8.6 GB
+a buffer in one round).
 
 Letters: N tokens, D hidden, k experts per token, A = n x k local assignments, X experts,
 P expert shards, C expert ffn.
@@ -54,11 +59,47 @@ def on_a_mesh() -> bool:
     return not mesh.empty and mesh.size > 1
 
 
+def ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes):
+    """`jax.lax.ragged_all_to_all` over the `expert` axis (same arguments and result): only the rows
+    each device sends cross the interconnect. XLA:CPU has no ragged all-to-all, so on CPU the same
+    semantics run through a dense all-to-all of a [P, N] row buffer (P x the bytes; slices must not
+    overlap in `operand`, as here)."""
+    def emulated(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes):
+        del recv_sizes  # implied by what the senders send
+        shards = jax.lax.axis_size(AXIS)
+        per_shard = input_offsets.shape[0] // shards
+        rows = jnp.arange(operand.shape[0])
+        # the slice each row belongs to: the last slice starting at or before it (a non-empty slice
+        # sorts after empty ones with the same start)
+        by_start = jnp.argsort(input_offsets * 2 + (send_sizes > 0))
+        pos = jnp.searchsorted(input_offsets[by_start], rows, side="right") - 1
+        i = by_start[jnp.maximum(pos, 0)]
+        sent = (pos >= 0) & (rows < input_offsets[i] + send_sizes[i])
+        dest = jnp.where(sent, i // per_shard, shards)  # shards: out of range, dropped
+        target = output_offsets[i] + rows - input_offsets[i]
+        buf = jnp.zeros((shards, *operand.shape), operand.dtype).at[dest, rows].set(operand, mode="drop")
+        where = jnp.full((shards, operand.shape[0]), output.shape[0], jnp.int32).at[dest, rows].set(target, mode="drop")
+        buf = jax.lax.all_to_all(buf, AXIS, 0, 0, tiled=True).reshape(-1, *operand.shape[1:])
+        where = jax.lax.all_to_all(where, AXIS, 0, 0, tiled=True).reshape(-1)
+        return output.at[where].set(buf, mode="drop")
+
+    def ragged(*args):
+        return jax.lax.ragged_all_to_all(*args, axis_name=AXIS)
+
+    return jax.lax.platform_dependent(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes,
+                                      cpu=emulated, default=ragged)
+
+
 def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: tuple[str, ...]):
     """Inside the shard_map, one round: x [n, D], weights / experts [n, k] (global expert ids),
     wi [X/P, D, 2, C'], wo [X/P, C', D] (this shard's experts, gathered over fsdp; C' = C / tensor)
     -> ([n, D], load [X], dropped []) (the last two summed over `token_axes`, the mesh axes the
-    tokens are split over)."""
+    tokens are split over).
+
+    The A = n x k assignments, sorted by expert, go out in P x X/P slices (destination shard, its
+    local expert) by one ragged all-to-all; each receiver lays its buffer out expert-major (all
+    sources' rows of its expert 0, then expert 1, ...), so they arrive sorted for the grouped
+    matmul, and a second ragged all-to-all (the mirror image) brings the results back."""
     shards = jax.lax.axis_size(AXIS)
     n, k = experts.shape
     A = n * k
@@ -66,31 +107,32 @@ def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: t
     cap = A if cfg.moe_capacity_factor == 0 else math.ceil(cfg.moe_capacity_factor * A / shards)
 
     flat = experts.reshape(-1)
-    order = jnp.argsort(flat, stable=True)
-    sorted_experts = flat[order]
-    dest = sorted_experts // local_experts  # ascending with the experts
-    counts = jnp.bincount(dest, length=shards)
-    rank = jnp.arange(A) - (jnp.cumsum(counts) - counts)[dest]
-    keep = rank < cap
-    slot = jnp.where(keep, rank, cap)  # cap = out of range: dropped by the scatter below
-    send_x = jnp.zeros((shards, cap, x.shape[1]), x.dtype).at[dest, slot].set(x[order // k], mode="drop")
-    send_e = jnp.full((shards, cap), local_experts, jnp.int32).at[dest, slot].set(
-        sorted_experts - dest * local_experts, mode="drop")  # local expert id; local_experts = empty slot
+    order = jnp.argsort(flat, stable=True)  # by expert, so by (destination shard, local expert)
+    counts = jnp.bincount(flat, length=cfg.num_experts).astype(jnp.int32)
+    in_offsets = jnp.cumsum(counts) - counts
+    # a capacity keeps each destination's first `cap` rows (dropless: cap = A keeps all)
+    per_dest = counts.reshape(shards, local_experts)
+    before = jnp.cumsum(per_dest, axis=1) - per_dest  # rows of this destination's lower experts
+    send = jnp.clip(cap - before, 0, per_dest).reshape(-1)
 
-    recv_x = jax.lax.all_to_all(send_x, AXIS, 0, 0, tiled=True).reshape(shards * cap, -1)
-    recv_e = jax.lax.all_to_all(send_e, AXIS, 0, 0, tiled=True).reshape(-1)
-    order2 = jnp.argsort(recv_e, stable=True)  # empty slots sort last and come out of grouped_ffn as 0
-    sizes = jnp.bincount(recv_e, length=local_experts + 1)[:local_experts].astype(jnp.int32)
-    y = grouped_ffn(recv_x[order2], sizes, wi, wo, cfg.moe_matmul)
+    recv = jax.lax.all_to_all(send.reshape(shards, local_experts), AXIS, 0, 0, tiled=True)  # [source, expert]
+    sizes = jnp.sum(recv, axis=0)  # rows per local expert
+    at = (jnp.cumsum(sizes) - sizes)[None] + jnp.cumsum(recv, axis=0) - recv  # [source, expert]: expert-major
+    out_offsets = jax.lax.all_to_all(at, AXIS, 0, 0, tiled=True).reshape(-1)  # where my slices land
+    src_offsets = jax.lax.all_to_all(in_offsets.reshape(shards, local_experts), AXIS, 0, 0, tiled=True).reshape(-1)
+
+    # buffers made like the rows they receive (zeros_like keeps what they vary over in the shard_map)
+    received = ragged_all_to_all(x[order // k], jnp.zeros_like(x, shape=(shards * cap, x.shape[1])),
+                                 in_offsets, send, out_offsets, recv.reshape(-1))
+    y = grouped_ffn(received, sizes, wi, wo, cfg.moe_matmul)  # rows past sum(sizes) come out as 0
     y = jax.lax.psum(y, "tensor")  # each tensor shard held a slice of every expert's ffn
-    y = jnp.zeros_like(y).at[order2].set(y).reshape(shards, cap, -1)
-    back = jax.lax.all_to_all(y, AXIS, 0, 0, tiled=True)  # back[p]: what shard p computed for us
+    back = ragged_all_to_all(y, jnp.zeros_like(y, shape=(A, y.shape[1])), at.reshape(-1), recv.reshape(-1),
+                             src_offsets, send)  # dropped rows stay 0
 
-    mine = jnp.where(keep[:, None], back[dest, jnp.minimum(slot, cap - 1)], jnp.zeros((), back.dtype))
-    mine = jnp.zeros_like(mine).at[order].set(mine).reshape(n, k, -1)
+    mine = jnp.zeros_like(back).at[order].set(back).reshape(n, k, -1)
     out = jnp.einsum("nkd,nk->nd", mine.astype(jnp.float32), weights).astype(x.dtype)
-    load = jax.lax.psum(jnp.bincount(flat, length=cfg.num_experts).astype(jnp.float32), token_axes)
-    dropped = jax.lax.psum(jnp.sum(~keep).astype(jnp.float32), token_axes)
+    load = jax.lax.psum(counts.astype(jnp.float32), token_axes)
+    dropped = jax.lax.psum((A - jnp.sum(send)).astype(jnp.float32), token_axes)
     return out, load, dropped
 
 

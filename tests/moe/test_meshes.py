@@ -36,9 +36,9 @@ def loss_and_grads(mesh_kw, model_kw, cfg=None):
             assert args[0]["moe_layers"]["moe"]["experts"]["wi"]["kernel"].sharding.spec[1] == "expert"
             text = fn.lower(*args).as_text()
             assert "all_to_all" in text
-            if "moe_dispatch_tokens" in model_kw:  # a round's buffer: P x (m x k) rows, not P x (32 x k)
+            if "moe_dispatch_tokens" in model_kw:  # a round's receive buffer: P x m x k rows, not P x 32 x k
                 m = cfg.model
-                assert f"tensor<{mesh_kw['expert']}x{m.moe_dispatch_tokens * m.experts_per_token}x{m.hidden_size}x" in text
+                assert f"tensor<{mesh_kw['expert'] * m.moe_dispatch_tokens * m.experts_per_token}x{m.hidden_size}x" in text
         if cfg.model.moe_matmul == "megablox":  # a Pallas call XLA cannot partition: it runs per device
             assert "shard_map" in str(fn.trace(*args).jaxpr)
         grads, aux = fn(*args)
