@@ -201,13 +201,24 @@ def _repeated_layers(cfg: Config) -> int:
 
 def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     """The step with no while loop XLA's cost analysis would count once: `layers` unrolled
-    layers (a MoE model: its dense prefix and `layers` MoE layers, dispatch rounds unrolled), the loss in one chunk,
-    `micro_batches` micro-batches' rows in one pass. The rounds stay rounds: libtpu refuses to
-    compile a program over HBM, and the variant with one round of all tokens does not fit
-    (GLM-4.5-Air on v5p-64: 112 GiB of temporaries; the real step needs 43)."""
+    layers (a MoE model: its dense prefix and `layers` MoE layers), the loss in one chunk,
+    `micro_batches` micro-batches' rows in one pass.
+
+    A dropless MoE step's experts are costed at balanced load, in one dispatch round: with
+    capacity factor 1 each expert shard receives its average A = tokens x k rows, which is the
+    work dropless routing does once the balancing bias has done its job (a busier shard makes the
+    real step slower). Dropless, XLA would count the grouped matmul over the worst-case receive
+    buffer of P x A rows, P = expert shards (ragged_dot as 2 x rows x K x N, megablox as it
+    declares). Rounds only bound memory: n / m rounds of m tokens do one round's FLOPs (their
+    bytes add the local experts' weights read once a round, counted once here), and one round of
+    balanced buffers fits where a dropless round of all tokens would not. megablox is costed
+    dropless (it runs dropless routing only)."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
     total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
     model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
+    if cfg.model.is_moe:
+        balanced = cfg.model.moe_capacity_factor or (1.0 if cfg.model.moe_matmul == "ragged_dot" else 0.0)
+        model = dataclasses.replace(model, moe_dispatch_tokens=0, moe_capacity_factor=balanced)
     train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
     return dataclasses.replace(cfg, model=model, train=train)
 
