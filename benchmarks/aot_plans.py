@@ -53,6 +53,7 @@ PLANS = {
                       "the smallest v5p slice that holds the real train step.", {
         "v5p-32": ("v5p:2x2x4", ["train.batch_size=16", *MOE_8K]),
         "v5p-64": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K]),
+        "v5p-64-megablox": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K, "model.moe_matmul='megablox'"]),
         "v5p-128": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K]),
         "v5p-128-one-round": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K, "model.moe_dispatch_tokens=0"]),
     }),

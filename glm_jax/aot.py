@@ -211,14 +211,12 @@ def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     buffer of P x A rows, P = expert shards (ragged_dot as 2 x rows x K x N, megablox as it
     declares). Rounds only bound memory: n / m rounds of m tokens do one round's FLOPs (their
     bytes add the local experts' weights read once a round, counted once here), and one round of
-    balanced buffers fits where a dropless round of all tokens would not. megablox is costed
-    dropless (it runs dropless routing only)."""
+    balanced buffers fits where a dropless round of all tokens would not."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
     total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
     model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
     if cfg.model.is_moe:
-        balanced = cfg.model.moe_capacity_factor or (1.0 if cfg.model.moe_matmul == "ragged_dot" else 0.0)
-        model = dataclasses.replace(model, moe_dispatch_tokens=0, moe_capacity_factor=balanced)
+        model = dataclasses.replace(model, moe_dispatch_tokens=0, moe_capacity_factor=cfg.model.moe_capacity_factor or 1.0)
     train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
     return dataclasses.replace(cfg, model=model, train=train)
 

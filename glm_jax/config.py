@@ -152,8 +152,6 @@ class ModelConfig:
                  f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
         _require(self.moe_matmul in MOE_MATMULS, "model.moe_matmul",
                  f"must be one of {MOE_MATMULS}, got {self.moe_matmul!r}")
-        _require(self.moe_matmul == "ragged_dot" or self.moe_capacity_factor == 0, "model.moe_matmul",
-                 "megablox runs dropless routing only; use ragged_dot with model.moe_capacity_factor > 0")
         _require(self.moe_dispatch_tokens >= 0, "model.moe_dispatch_tokens",
                  f"must be 0 (all of a device's tokens at once) or > 0, got {self.moe_dispatch_tokens}")
 

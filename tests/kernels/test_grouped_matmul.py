@@ -1,6 +1,6 @@
 """The experts' grouped matmul: megablox's Pallas kernel (interpreted on CPU) gives ragged_dot's
 values and gradients on ragged groups, and the debug-size MoE gives the same loss and gradients
-with either backend on a mesh (megablox inside the per-device shard_map, expert=1)."""
+with either backend on a mesh (megablox inside the per-device shard_map), dropless or with a capacity."""
 
 import dataclasses
 
@@ -41,9 +41,14 @@ def test_moe_loss_and_grads_same_with_megablox_on_a_mesh():
 
     base = train_cfg(batch_size=2, seq_len=16, mtp_loss_weight=0.0)
     base = dataclasses.replace(base, model=tiny_moe(num_layers=2, vocab_size=128))  # one dense, one MoE layer
-    ref_g, ref = loss_and_grads(dict(fsdp=2), {}, base)
-    g, aux = loss_and_grads(dict(fsdp=2), dict(moe_matmul="megablox"), base)
-    np.testing.assert_allclose(aux["ce"], ref["ce"], rtol=1e-5)
-    np.testing.assert_array_equal(aux["stats"]["moe_layers"]["load"], ref["stats"]["moe_layers"]["load"])
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_g)[0], jax.tree.leaves(g)):
-        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+    # dropless with expert=1, and experts split over expert=2 with a capacity that drops (the
+    # receive buffers then end where the kept rows do)
+    for mesh, kw in ((dict(fsdp=2), {}), (dict(expert=2, fsdp=1), dict(moe_capacity_factor=1.0))):
+        ref_g, ref = loss_and_grads(mesh, kw, base)
+        g, aux = loss_and_grads(mesh, dict(kw, moe_matmul="megablox"), base)
+        np.testing.assert_allclose(aux["ce"], ref["ce"], rtol=1e-5)
+        np.testing.assert_array_equal(aux["stats"]["moe_layers"]["load"], ref["stats"]["moe_layers"]["load"])
+        assert float(aux["stats"]["moe_layers"]["dropped"].sum()) == float(ref["stats"]["moe_layers"]["dropped"].sum())
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref_g)[0], jax.tree.leaves(g)):
+            np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5, err_msg=f"{mesh} {jax.tree_util.keystr(path)}")
+    assert float(ref["stats"]["moe_layers"]["dropped"].sum()) > 0
