@@ -85,6 +85,11 @@ def main(argv):
     result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data)
     if jax.process_index() == 0:
         print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
+    if _DISTRIBUTED.value:
+        # Every process leaves through the coordination service's shutdown barrier now, not in an
+        # atexit hook: the coordinator tearing its service down at interpreter exit while another
+        # process still had a call open aborted it (gRPC "Check failed: queue.Pop() == nullptr").
+        jax.distributed.shutdown()
 
 
 def _flag_or_env(flag, env: str, what: str) -> int | None:
