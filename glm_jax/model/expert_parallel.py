@@ -11,13 +11,13 @@ expert-major, so they arrive sorted for its one grouped matmul (`moe.grouped_ffn
 all-gathering its expert weights over `fsdp`; with a `tensor` axis each tensor shard computes its
 slice of every expert's ffn and a psum over `tensor` adds them up); a second ragged all-to-all
 (the mirror image) brings the results back, and they are unsorted and weighted like the local
-path. Four small all-to-alls of [P, X/P] counts and offsets tell every device where its slices
+path. Two small all-to-alls of [P, X/P] counts and offsets tell every device where its slices
 land. XLA:CPU has no ragged all-to-all: there `ragged_all_to_all` runs the same semantics through
 a dense all-to-all (glm_jax.aot counts the real op on TPU).
 
 Dropless: a receiver's buffer holds P x cap rows with cap = A (every device could send all of its
-rows to one shard), so nothing is ever cut; only the rows sent travel and the grouped matmul
-skips the empty tail. With `model.moe_capacity_factor` = cf > 0 each device sends at most cap =
+rows to one shard), so nothing is ever cut; only the rows sent travel, and megablox's grouped
+matmul visits only the tiles that hold rows (XLA counts ragged_dot over the whole buffer). With `model.moe_capacity_factor` = cf > 0 each device sends at most cap =
 ceil(cf x A / P) rows to each shard (its lowest experts' first) and what does not fit is dropped
 and counted.
 
@@ -115,11 +115,13 @@ def _dispatch_local(x, weights, experts, wi, wo, cfg: ModelConfig, token_axes: t
     before = jnp.cumsum(per_dest, axis=1) - per_dest  # rows of this destination's lower experts
     send = jnp.clip(cap - before, 0, per_dest).reshape(-1)
 
-    recv = jax.lax.all_to_all(send.reshape(shards, local_experts), AXIS, 0, 0, tiled=True)  # [source, expert]
+    # what each source sends me per local expert, and where in its rows those slices start
+    recv, src_offsets = jax.lax.all_to_all(jnp.stack([send, in_offsets]).reshape(2, shards, local_experts),
+                                           AXIS, 1, 1, tiled=True)  # each [source, expert]
+    src_offsets = src_offsets.reshape(-1)
     sizes = jnp.sum(recv, axis=0)  # rows per local expert
     at = (jnp.cumsum(sizes) - sizes)[None] + jnp.cumsum(recv, axis=0) - recv  # [source, expert]: expert-major
     out_offsets = jax.lax.all_to_all(at, AXIS, 0, 0, tiled=True).reshape(-1)  # where my slices land
-    src_offsets = jax.lax.all_to_all(in_offsets.reshape(shards, local_experts), AXIS, 0, 0, tiled=True).reshape(-1)
 
     # buffers made like the rows they receive (zeros_like keeps what they vary over in the shard_map)
     received = ragged_all_to_all(x[order // k], jnp.zeros_like(x, shape=(shards * cap, x.shape[1])),
