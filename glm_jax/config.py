@@ -78,7 +78,7 @@ class ModelConfig:
     expert_groups_per_token: int = 1  # ... of which each token may use the best this many (`topk_group`)
     norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
     routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
-    moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops tokens past capacity x N x k / E per expert
+    moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 caps each expert at cf x N x k / E rows (with expert > 1: each device sends a shard at most cf x n x k / P)
     moe_matmul: str = "ragged_dot"  # the experts' grouped matmul, one of MOE_MATMULS (megablox: Pallas on TPU)
     moe_dispatch_tokens: int = 0  # expert > 1: a device's tokens reach the experts this many at a time (0: all)
     mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
