@@ -29,14 +29,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from glm_jax import config, sharding  # noqa: E402
+from glm_jax import accelerators, config, sharding  # noqa: E402
 from glm_jax.train import metrics, optimizer, state as state_lib, step as step_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Dense bf16 peaks (TFLOP/s per device) of GPUs by jax device_kind, from NVIDIA's data sheets
-# (H100/H200 SXM 989.5 without sparsity, A100 312); TPUs come from metrics.PEAK_TFLOPS.
-GPU_PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.5, "NVIDIA H200": 989.5, "NVIDIA A100-SXM4-80GB": 312.0,
-                   "NVIDIA A100-SXM4-40GB": 312.0}
 MODEL_138M = dict(name="138m", vocab_size=32768, hidden_size=768, num_layers=12, num_heads=12, kv_groups=2,
                   head_dim=64, ffn_hidden_size=2560, rms_norm_eps=1e-5, max_seq_len=8192)
 
@@ -105,7 +101,7 @@ def run_model(cfg: config.Config, steps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=None, help="default debug,138m,glm4_9b_2l (--quick: debug,138m)")
-    ap.add_argument("--attention", default="dot_product", help="model.attention for every model")
+    ap.add_argument("--attention", default="dot_product", help="run.attention for every model")
     ap.add_argument("--dtype", default=None, help="compute dtype (default: bfloat16 on GPU/TPU, float32 on CPU)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq_len", type=int, default=None)
@@ -117,7 +113,8 @@ def main():
     device = jax.devices()[0]
     dtype = a.dtype or ("float32" if platform == "cpu" else "bfloat16")
     steps = a.steps or (2 if a.quick else 10)
-    peak_known = metrics.PEAK_TFLOPS.get(device.device_kind) or GPU_PEAK_TFLOPS.get(device.device_kind)
+    chip = accelerators.lookup(device.device_kind)
+    peak_known = chip.peak_tflops / chip.devices_per_chip if chip else None
     peak_known = peak_known * 1e12 if peak_known else None
     peak_measured = matmul_peak(dtype, 1024 if a.quick else 8192)
     print(f"{jax.device_count()} x {device.device_kind} ({platform}), compute {dtype}, attention {a.attention}; "
@@ -130,12 +127,12 @@ def main():
             default_bt = (max(2, jax.device_count()), 128)
         B, T = a.batch or default_bt[0], a.seq_len or default_bt[1]
         overrides = [f"train.batch_size={B}", f"train.seq_len={T}", "train.grad_accum=1", "mesh.data=1",
-                     "mesh.fsdp=-1", "mesh.sequence=1", "mesh.tensor=1", f"model.dtype='{dtype}'",
-                     f"model.attention='{a.attention}'", f"model.max_seq_len={max(T, 512)}"]
+                     "mesh.fsdp=-1", "mesh.sequence=1", "mesh.tensor=1", f"run.dtype='{dtype}'",
+                     f"run.attention='{a.attention}'", f"model.max_seq_len={max(T, 512)}"]
         cfg = model_config(name, overrides)
         row = {"model": name, "params": int(sum(np.prod(s.shape) for s in jax.tree.leaves(
             state_lib.abstract_state(cfg, optimizer.make_optimizer(cfg.train)).params))),
-               "batch": B, "seq_len": T, "dtype": dtype, "attention": a.attention, "remat": cfg.model.remat}
+               "batch": B, "seq_len": T, "dtype": dtype, "attention": a.attention, "remat": cfg.run.remat}
         try:
             row.update(run_model(cfg, steps))
         except Exception as e:  # noqa: BLE001 - out of memory / no kernel here is the answer for this row

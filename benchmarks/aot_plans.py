@@ -25,11 +25,11 @@ from glm_jax import aot, config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDP_ALL = ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"]
-_9B_8K = ["train.seq_len=8192", "train.batch_size=256", "model.remat='full'", *FSDP_ALL]
+_9B_8K = ["train.seq_len=8192", "train.batch_size=256", "run.remat='full'", *FSDP_ALL]
 WHOLE_LOGITS = ["train.loss_chunk=8192"]  # one chunk = the [B, T, V] logits the untiled loss made
 MOE_8K = ["train.seq_len=8192", "mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"]  # mesh.expert: the config's
-LONG = ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1", "model.remat='full'", "model.attention='flash'",
-        "model.attention_block_q=512", "model.attention_block_kv=512", "train.batch_size=16"]
+LONG = ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1", "run.remat='full'", "run.attention='flash'",
+        "run.attention_block_q=512", "run.attention_block_kv=512", "train.batch_size=16"]
 
 # plan: (config file, what it answers, {row: (topology, overrides)})
 PLANS = {
@@ -53,9 +53,9 @@ PLANS = {
                       "the smallest v5p slice that holds the real train step.", {
         "v5p-32": ("v5p:2x2x4", ["train.batch_size=16", *MOE_8K]),
         "v5p-64": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K]),
-        "v5p-64-megablox": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K, "model.moe_matmul='megablox'"]),
+        "v5p-64-megablox": ("v5p:2x4x4", ["train.batch_size=32", *MOE_8K, "run.moe_matmul='megablox'"]),
         "v5p-128": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K]),
-        "v5p-128-one-round": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K, "model.moe_dispatch_tokens=0"]),
+        "v5p-128-one-round": ("v5p:4x4x4", ["train.batch_size=64", *MOE_8K, "run.moe_dispatch_tokens=0"]),
     }),
     "glm4_5_8k": ("glm4_5.py", "GLM-4.5 (355B total, 32B active), seq 8192, one row per chip, experts over "
                   "expert=32, FSDP over the rest, MTP on, tokens dispatched 1,024 at a time: the smallest v5p "

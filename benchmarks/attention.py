@@ -31,12 +31,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
+from glm_jax import accelerators  # noqa: E402
 from glm_jax.kernels.flash_attention import flash_attention  # noqa: E402
 from glm_jax.kernels.splash import splash_attention  # noqa: E402
 from glm_jax.model.attention import reference_attention  # noqa: E402
 
 # Per-chip peaks (bf16 flop/s, HBM bytes/s, HBM bytes) from Cloud TPU's published specs.
-CHIPS = {"TPU v5": (459e12, 2.765e12, 95 * 2**30), "TPU v5 lite": (197e12, 0.819e12, 16 * 2**30)}
 BACKENDS = {
     "reference": lambda q, k, v, s, b: reference_attention(q, k, v, s),
     "flash": lambda q, k, v, s, b: flash_attention(q, k, v, s, block_q=b, block_kv=b),
@@ -77,7 +77,8 @@ def measure(backend, device, B, T, H, K, E, block):
         return row
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     cost, mem = compiled.cost_analysis(), compiled.memory_analysis()
-    peak_flops, hbm_bw, hbm = CHIPS.get(device.device_kind, CHIPS["TPU v5"])
+    chip = accelerators.lookup(device.device_kind) or accelerators.lookup("TPU v5p")
+    peak_flops, hbm = chip.peak_flops_per_device, chip.hbm_bytes // chip.devices_per_chip
     flops = model_flops(T, H, E) * B
     row.update(
         xla_flops=float(cost.get("flops", 0.0)), xla_bytes=float(cost.get("bytes accessed", 0.0)),

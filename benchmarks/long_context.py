@@ -123,7 +123,7 @@ def scores(workdir: str, step: int | None, tokenizer, lengths: list[int], depths
         with open(path) as f:
             return json.load(f)
     params, cfg = restore_params(workdir, step)
-    res = passkey.evaluate(params, cfg.model, tokenizer, lengths, depths, samples)
+    res = passkey.evaluate(params, cfg.model, tokenizer, lengths, depths, samples, run=cfg.run)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(res, f)

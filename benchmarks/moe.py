@@ -44,8 +44,7 @@ def dense_of_same_active_size(m: config.ModelConfig) -> config.ModelConfig:
     """A dense GLM with the MoE's dims and rotary whose ffn gives it the MoE's active parameters
     per token (MTP excluded), rounded to a multiple of 8."""
     target = spec.active_param_count(m, mtp=False)
-    base = dataclasses.replace(m, name=f"{m.name}_dense", num_experts=0, experts_per_token=0, moe_ffn_hidden_size=0,
-                               num_shared_experts=0, first_dense_layers=0, mtp_layers=0, ffn_hidden_size=8)
+    base = dataclasses.replace(m, name=f"{m.name}_dense", moe=config.MoEConfig(), mtp_layers=0, ffn_hidden_size=8)
     per_ffn = 3 * m.hidden_size * m.num_layers
     ffn = 8 + round((target - spec.param_count(base)) / per_ffn / 8) * 8
     return dataclasses.replace(base, ffn_hidden_size=ffn)

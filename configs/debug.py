@@ -22,6 +22,8 @@ def get_config(arg=None):
         rms_norm_eps=1.5625e-07,
         rope_ratio=1.0,
         max_seq_len=512,
+    )
+    c.run.update(
         attention_block_q=128,
         attention_block_kv=128,
     )

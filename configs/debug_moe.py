@@ -22,15 +22,17 @@ def get_config(arg=None):
         rope_ratio=100.0,  # GLM-4.5's theta 1e6
         rotary_style="half",
         qk_norm=True,
+        mtp_layers=1,
+    )
+    c.model.moe.update(
         num_experts=8,
         experts_per_token=2,
-        moe_ffn_hidden_size=192,
+        ffn_hidden_size=192,
         num_shared_experts=1,
         first_dense_layers=1,
         expert_groups=2,
         expert_groups_per_token=2,
         routed_scaling_factor=1.0,
-        mtp_layers=1,
     )
     c.train.update(mtp_loss_weight=0.3, router_bias_rate=1e-3)
     return c

@@ -36,6 +36,8 @@ def get_config(arg=None):
         max_seq_len=32768,  # max_position_embeddings
         qkv_bias=False,  # attention_bias
         post_norms=True,  # Glm4ForCausalLM: post_self_attn_layernorm, post_mlp_layernorm
+    )
+    c.run.update(
         dtype="bfloat16",
         attention="flash",
         remat="full",

@@ -41,8 +41,10 @@ def get_config(arg=None):
         num_layers=92,  # num_hidden_layers
         ffn_hidden_size=12288,  # intermediate_size (the 3 dense first layers)
         qk_norm=True,  # use_qk_norm
+    )
+    c.model.moe.update(
         num_experts=160,  # n_routed_experts
-        moe_ffn_hidden_size=1536,  # moe_intermediate_size
+        ffn_hidden_size=1536,  # moe_intermediate_size
         first_dense_layers=3,  # first_k_dense_replace
         routed_scaling_factor=2.5,  # routed_scaling_factor
     )

@@ -47,16 +47,20 @@ def get_config(arg=None):
         max_seq_len=131072,  # max_position_embeddings
         qkv_bias=True,  # attention_bias
         qk_norm=False,  # use_qk_norm
+        mtp_layers=1,  # num_nextn_predict_layers
+    )
+    c.model.moe.update(
         num_experts=128,  # n_routed_experts
         experts_per_token=8,  # num_experts_per_tok
-        moe_ffn_hidden_size=1408,  # moe_intermediate_size
+        ffn_hidden_size=1408,  # moe_intermediate_size
         num_shared_experts=1,  # n_shared_experts
         first_dense_layers=1,  # first_k_dense_replace
         expert_groups=1,  # n_group
         expert_groups_per_token=1,  # topk_group
         norm_topk_prob=True,  # norm_topk_prob
         routed_scaling_factor=1.0,  # routed_scaling_factor
-        mtp_layers=1,  # num_nextn_predict_layers
+    )
+    c.run.update(
         dtype="bfloat16",
         attention="flash",
         remat="full",

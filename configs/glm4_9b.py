@@ -22,6 +22,8 @@ def get_config(arg=None):
         rms_norm_eps=1.5625e-07,
         rope_ratio=1.0,
         max_seq_len=8192,
+    )
+    c.run.update(
         dtype="bfloat16",
         attention="flash",
         remat="full",

@@ -42,6 +42,7 @@ def get_config(arg=None):
     c.stage_order = tuple(s[0] for s in stages)
     c.stages = {name: {"train": {"seq_len": seq, "batch_size": batch, "steps": steps, "lr": lr,
                                  "warmup_steps": min(20, steps // 5), "optimizer_state": args["optimizer_state"]},
-                       "model": {"rope_ratio": ratio, "remat": "full" if seq > 1024 else "none"}, "mesh": mesh}
+                       "model": {"rope_ratio": ratio}, "run": {"remat": "full" if seq > 1024 else "none"},
+                       "mesh": mesh}
                 for name, seq, ratio, batch, steps, lr, mesh in stages}
     return c

@@ -36,35 +36,14 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 
-from glm_jax import config as config_lib, sharding  # noqa: E402
+from glm_jax import accelerators, config as config_lib, sharding  # noqa: E402
+from glm_jax.accelerators import GiB  # noqa: E402
 from glm_jax.config import Config  # noqa: E402
 from glm_jax.train import metrics as metrics_lib  # noqa: E402
 from glm_jax.train import optimizer as opt_lib, validation  # noqa: E402
 from glm_jax.train.state import sharded_abstract_state  # noqa: E402
 from glm_jax.train.step import abstract_batch, make_train_step  # noqa: E402
 
-GiB = 1024 ** 3
-
-# Per chip, by the device kind libtpu reports: HBM bytes, HBM bandwidth (B/s), ICI bandwidth
-# (B/s, all links one way = half the bidirectional figure), and JAX devices per chip (TPU7x shows
-# each of its two TensorCores as a device; v4/v5p run theirs as one megacore device). The bf16
-# peak is metrics.PEAK_TFLOPS (per chip). Sources (public Cloud TPU pages):
-#   v4   docs.cloud.google.com/tpu/docs/v4: 32 GiB, 1200 GBps; ICI 2.7e11 one way (unchanged)
-#   v5e  docs.cloud.google.com/tpu/docs/v5e: 16 GB, 819 GBps, ICI 400 GBps bidirectional
-#   v5p  docs.cloud.google.com/tpu/docs/v5p: 95 GiB, 2765 GBps, ICI 1200 GBps bidirectional
-#   v6e  docs.cloud.google.com/tpu/docs/v6e: 918 TFLOP/s, 32 GB, 1638 GBps, ICI 800 GBps bidirectional
-#   TPU7x (Ironwood) docs.cloud.google.com/tpu/docs/tpu7x: 2307 TFLOP/s bf16, 192 GiB, 2 TensorCores;
-#        HBM 7.2 TB/s and ICI 1.2 TB/s bidirectional as announced at Cloud Next 25 (reported e.g. at
-#        szyunze.com/google-tpu-v7-unleashed-is-nvidia-losing-the-lead; our stored copy of the
-#        docs table stops before its bandwidth rows)
-CHIPS = {
-    "TPU v4": dict(hbm=32 * GiB, hbm_bw=1.2e12, ici_bw=2.7e11),
-    "TPU v5 lite": dict(hbm=16 * GiB, hbm_bw=8.19e11, ici_bw=2.0e11),
-    "TPU v5": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11),
-    "TPU v5p": dict(hbm=95 * GiB, hbm_bw=2.765e12, ici_bw=6.0e11),
-    "TPU v6 lite": dict(hbm=32 * GiB, hbm_bw=1.638e12, ici_bw=4.0e11),
-    "TPU7x": dict(hbm=192 * GiB, hbm_bw=7.2e12, ici_bw=6.0e11),
-}
 # Generation names users type -> libtpu's topology prefix.
 _ALIASES = {"v6": "v6e", "v7": "tpu7x", "v7x": "tpu7x", "ironwood": "tpu7x", "trillium": "v6e"}
 
@@ -213,12 +192,13 @@ def _loop_free(cfg: Config, layers: int, micro_batches: int) -> Config:
     bytes add the local experts' weights read once a round, counted once here), and one round of
     balanced buffers fits where a dropless round of all tokens would not."""
     rows = cfg.train.batch_size // cfg.train.grad_accum * micro_batches
-    total = cfg.model.first_dense_layers + layers if cfg.model.is_moe else layers
-    model = dataclasses.replace(cfg.model, num_layers=total, scan_layers=False)
+    total = cfg.model.num_dense_layers + layers if cfg.model.is_moe else layers
+    model = dataclasses.replace(cfg.model, num_layers=total)
+    run = dataclasses.replace(cfg.run, scan_layers=False)
     if cfg.model.is_moe:
-        model = dataclasses.replace(model, moe_dispatch_tokens=0, moe_capacity_factor=cfg.model.moe_capacity_factor or 1.0)
+        run = dataclasses.replace(run, moe_dispatch_tokens=0, moe_capacity_factor=cfg.run.moe_capacity_factor or 1.0)
     train = dataclasses.replace(cfg.train, batch_size=rows, grad_accum=1, loss_chunk=cfg.train.seq_len)
-    return dataclasses.replace(cfg, model=model, train=train)
+    return dataclasses.replace(cfg, model=model, run=run, train=train)
 
 
 def _extrapolate(c: dict[tuple[int, int], dict], layers: int, micro: int) -> dict:
@@ -242,13 +222,12 @@ def analyze(cfg: Config, compiled, mesh, costs: dict | None) -> dict:
     None: FLOPs, bytes, step time and MFUs left out as None)."""
     devices = mesh.devices.size
     kind = mesh.devices.flat[0].device_kind
-    chip = CHIPS.get(kind, {})
-    per_chip = metrics_lib.DEVICES_PER_CHIP.get(kind, 1)
+    chip = accelerators.lookup(kind)
     mem = compiled.memory_analysis()
     arg, out, alias, temp, code = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                                    mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
     total = arg + out - alias + temp + code
-    capacity = chip["hbm"] // per_chip if chip else None
+    capacity = chip.hbm_bytes // chip.devices_per_chip if chip else None
     peak = metrics_lib.peak_flops_per_device(cfg, kind)  # already per device (TPU7x: half a chip)
     colls = collectives(compiled.as_text())
     coll_bytes = sum(r["bytes"] for r in colls.values())
@@ -259,8 +238,8 @@ def analyze(cfg: Config, compiled, mesh, costs: dict | None) -> dict:
     report = {
         "model": cfg.model.name, "topology_devices": devices, "device_kind": kind, "mesh": dict(mesh.shape),
         "seq_len": cfg.train.seq_len, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
-        "tokens_per_step": tokens, "attention": cfg.model.attention, "remat": cfg.model.remat,
-        "dtype": cfg.model.dtype, "loss_chunk": cfg.train.loss_chunk, "libtpu": _libtpu_version(),
+        "tokens_per_step": tokens, "attention": cfg.run.attention, "remat": cfg.run.remat,
+        "dtype": cfg.run.dtype, "loss_chunk": cfg.train.loss_chunk, "libtpu": _libtpu_version(),
         "hbm_per_device": {"arguments": arg, "outputs": out, "aliased": alias, "temporaries": temp,
                            "generated_code": code, "total": total, "capacity": capacity},
         "fits": (total <= capacity) if capacity else None,
@@ -276,8 +255,8 @@ def analyze(cfg: Config, compiled, mesh, costs: dict | None) -> dict:
              "projected_mfu_model"), None), "mfu_note": "costs not computed (memory only)"}
     xla_flops = costs["flops"]
     terms = {"compute": xla_flops / peak if peak else 0.0,
-             "hbm": costs["bytes"] / chip["hbm_bw"] if chip else 0.0,
-             "collectives": coll_bytes / chip["ici_bw"] if chip else 0.0}
+             "hbm": costs["bytes"] / chip.hbm_bandwidth if chip else 0.0,
+             "collectives": coll_bytes / chip.interconnect_bandwidth if chip else 0.0}
     roofline = max(terms.values())  # collectives overlapped with compute, as XLA schedules FSDP gathers
     step_seconds = max(costs["seconds"] or 0.0, roofline)
     mfu_xla = mfu_model = None

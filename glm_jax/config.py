@@ -47,10 +47,63 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
+# Sections a resumed run may change in full: how it runs, on which devices, how often it saves.
+RESUMABLE_SECTIONS = ("run", "mesh", "checkpoint")
+
+
+def _resumable(default):
+    """A field of another section that a resumed run may change (steps to go, logging, readers)."""
+    return dataclasses.field(default=default, metadata={"resumable": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """Mixture of experts (GLM-4.5 / GLM-4.5-Air, transformers' Glm4Moe); num_experts=0 is a dense
+    model. Letters: X routed experts, k experts a token, C each expert's ffn."""
+
+    num_experts: int = 0  # X, routed experts per MoE layer (`n_routed_experts`)
+    experts_per_token: int = 0  # k (`num_experts_per_tok`)
+    ffn_hidden_size: int = 0  # C, each routed / shared expert's ffn (`moe_intermediate_size`)
+    num_shared_experts: int = 0  # always-on experts of C each, fused into one (`n_shared_experts`)
+    first_dense_layers: int = 0  # leading layers with a dense MLP of model.ffn_hidden_size (`first_k_dense_replace`)
+    expert_groups: int = 1  # experts split into this many groups (`n_group`) ...
+    expert_groups_per_token: int = 1  # ... of which each token may use the best this many (`topk_group`)
+    norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
+    routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
+
+    def check(self, num_layers: int) -> None:
+        """Called by ModelConfig, which knows the layer count."""
+        _require(self.num_experts >= 0, "model.moe.num_experts", f"must be >= 0 (0 = dense), got {self.num_experts}")
+        if not self.num_experts:
+            for f in ("first_dense_layers", "num_shared_experts", "experts_per_token", "ffn_hidden_size"):
+                _require(getattr(self, f) == 0, f"model.moe.{f}",
+                         f"is {getattr(self, f)} but model.moe.num_experts=0 (a dense model); set num_experts or leave it 0")
+            return
+        E, k, G = self.num_experts, self.experts_per_token, self.expert_groups
+        _require(0 < k <= E, "model.moe.experts_per_token", f"must be in [1, num_experts={E}], got {k}")
+        _require(self.ffn_hidden_size > 0, "model.moe.ffn_hidden_size", f"must be > 0, got {self.ffn_hidden_size}")
+        _require(self.num_shared_experts >= 0, "model.moe.num_shared_experts",
+                 f"must be >= 0, got {self.num_shared_experts}")
+        _require(0 <= self.first_dense_layers < num_layers, "model.moe.first_dense_layers",
+                 f"must be in [0, model.num_layers={num_layers}) so that at least one layer is MoE, "
+                 f"got {self.first_dense_layers}")
+        _require(G >= 1 and E % G == 0 and E // G >= 2, "model.moe.expert_groups",
+                 f"must divide num_experts={E} into groups of >= 2 experts (a group scores by its top 2), "
+                 f"got {G}; valid: {[g for g in range(1, E // 2 + 1) if E % g == 0]}")
+        _require(1 <= self.expert_groups_per_token <= G, "model.moe.expert_groups_per_token",
+                 f"must be in [1, expert_groups={G}], got {self.expert_groups_per_token}")
+        _require(self.expert_groups_per_token * (E // G) >= k, "model.moe.expert_groups_per_token",
+                 f"{self.expert_groups_per_token} groups of {E // G} experts hold fewer than experts_per_token={k}")
+        _require(self.routed_scaling_factor > 0, "model.moe.routed_scaling_factor",
+                 f"must be > 0, got {self.routed_scaling_factor}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """GLM architecture. Letters used across the model: D hidden, H heads, K kv heads, E head dim,
-    F ffn, V vocab, L layers."""
+    """The architecture: what a checkpoint is and what conversion must match. One sub-config per
+    architectural feature (`moe`). How the model runs is `RunConfig`.
+
+    Letters used across the model: D hidden, H heads, K kv heads, E head dim, F ffn, V vocab, L layers."""
 
     name: str = "unnamed"
     vocab_size: int = 0  # V (padded vocabulary, as in the released checkpoints)
@@ -68,29 +121,10 @@ class ModelConfig:
     post_norms: bool = False  # GLM-4-0414: RMSNorm on the attention and MLP outputs before each residual add
     rotary_style: str = "interleaved"  # one of ROTARY_STYLES: GLM-4 "interleaved", GLM-4.5 (Glm4Moe) "half"
     qk_norm: bool = False  # GLM-4.5: RMSNorm over each head's dims of Q and K before rotary (`use_qk_norm`)
-    # Mixture of experts (GLM-4.5 / GLM-4.5-Air, transformers' Glm4Moe); num_experts=0 is a dense model.
-    num_experts: int = 0  # routed experts per MoE layer (`n_routed_experts`)
-    experts_per_token: int = 0  # top-k (`num_experts_per_tok`)
-    moe_ffn_hidden_size: int = 0  # each routed / shared expert's ffn (`moe_intermediate_size`)
-    num_shared_experts: int = 0  # always-on experts of moe_ffn_hidden_size each, fused into one (`n_shared_experts`)
-    first_dense_layers: int = 0  # leading layers with a dense MLP of ffn_hidden_size (`first_k_dense_replace`)
-    expert_groups: int = 1  # experts split into this many groups (`n_group`) ...
-    expert_groups_per_token: int = 1  # ... of which each token may use the best this many (`topk_group`)
-    norm_topk_prob: bool = True  # renormalize the k routing weights to sum to 1
-    routed_scaling_factor: float = 1.0  # routed output scale (GLM-4.5: 2.5)
-    moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 caps each expert at cf x N x k / E rows (with expert > 1: each device sends a shard at most cf x n x k / P)
-    moe_matmul: str = "ragged_dot"  # the experts' grouped matmul, one of MOE_MATMULS (megablox: Pallas on TPU)
-    moe_dispatch_tokens: int = 0  # expert > 1: a device's tokens reach the experts this many at a time (0: all)
+    moe: MoEConfig = MoEConfig()
     mtp_layers: int = 0  # multi-token prediction modules after the last layer (`num_nextn_predict_layers`, 0 or 1)
-    param_dtype: str = "float32"
-    dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
+    param_dtype: str = "float32"  # what the parameters (and the optimizer's moments) are stored in
     init_std: float = 0.02
-    attention: str = "reference"  # one of ATTENTION_BACKENDS
-    attention_block_q: int = 512  # flash/splash query block
-    attention_block_kv: int = 512  # flash/splash key/value block
-    attention_interpret: bool = False  # run flash/splash in Pallas interpret mode even on TPU (always on elsewhere)
-    scan_layers: bool = True  # lax.scan over the stacked layers (and MoE dispatch rounds); False unrolls (same numbers)
-    remat: str = "none"  # one of REMAT_POLICIES
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups",
@@ -107,53 +141,14 @@ class ModelConfig:
         _require(rot == int(rot) and int(rot) % 2 == 0, "model.rotary_fraction",
                  f"head_dim x rotary_fraction = {rot} must be an even integer (rotary acts on pairs)")
         _require(self.param_dtype in _DTYPES, "model.param_dtype", f"must be one of {_DTYPES}, got {self.param_dtype!r}")
-        _require(self.dtype in _DTYPES, "model.dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
         _require(self.init_std > 0, "model.init_std", f"must be > 0, got {self.init_std}")
-        _require(self.attention in ATTENTION_BACKENDS, "model.attention",
-                 f"must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
-        for f in ("attention_block_q", "attention_block_kv"):
-            v = getattr(self, f)
-            _require(v > 0 and v % 8 == 0, f"model.{f}", f"must be a positive multiple of 8, got {v}")
-            _require(self.attention != "splash" or v % 128 == 0, f"model.{f}",
-                     f"splash attention needs a multiple of 128, got {v}")
-        _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
         _require(self.rotary_style in ROTARY_STYLES, "model.rotary_style",
                  f"must be one of {ROTARY_STYLES}, got {self.rotary_style!r}")
-        self._check_moe()
-
-    def _check_moe(self):
-        _require(self.num_experts >= 0, "model.num_experts", f"must be >= 0 (0 = dense), got {self.num_experts}")
+        self.moe.check(self.num_layers)
         _require(self.mtp_layers in (0, 1), "model.mtp_layers", f"must be 0 or 1 (the released GLM-4.5 models have "
                  f"one MTP layer), got {self.mtp_layers}")
-        _require(not self.mtp_layers or self.num_experts, "model.mtp_layers",
-                 "the MTP module is GLM-4.5's (a MoE model); set model.num_experts or leave mtp_layers 0")
-        if not self.num_experts:
-            for f in ("first_dense_layers", "num_shared_experts", "experts_per_token", "moe_ffn_hidden_size"):
-                _require(getattr(self, f) == 0, f"model.{f}",
-                         f"is {getattr(self, f)} but model.num_experts=0 (a dense model); set num_experts or leave it 0")
-            return
-        E, k, G = self.num_experts, self.experts_per_token, self.expert_groups
-        _require(0 < k <= E, "model.experts_per_token", f"must be in [1, num_experts={E}], got {k}")
-        _require(self.moe_ffn_hidden_size > 0, "model.moe_ffn_hidden_size", f"must be > 0, got {self.moe_ffn_hidden_size}")
-        _require(self.num_shared_experts >= 0, "model.num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
-        _require(0 <= self.first_dense_layers < self.num_layers, "model.first_dense_layers",
-                 f"must be in [0, num_layers={self.num_layers}) so that at least one layer is MoE, "
-                 f"got {self.first_dense_layers}")
-        _require(G >= 1 and E % G == 0 and E // G >= 2, "model.expert_groups",
-                 f"must divide num_experts={E} into groups of >= 2 experts (a group scores by its top 2), "
-                 f"got {G}; valid: {[g for g in range(1, E // 2 + 1) if E % g == 0]}")
-        _require(1 <= self.expert_groups_per_token <= G, "model.expert_groups_per_token",
-                 f"must be in [1, expert_groups={G}], got {self.expert_groups_per_token}")
-        _require(self.expert_groups_per_token * (E // G) >= k, "model.expert_groups_per_token",
-                 f"{self.expert_groups_per_token} groups of {E // G} experts hold fewer than experts_per_token={k}")
-        _require(self.routed_scaling_factor > 0, "model.routed_scaling_factor",
-                 f"must be > 0, got {self.routed_scaling_factor}")
-        _require(self.moe_capacity_factor == 0 or self.moe_capacity_factor >= 1, "model.moe_capacity_factor",
-                 f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
-        _require(self.moe_matmul in MOE_MATMULS, "model.moe_matmul",
-                 f"must be one of {MOE_MATMULS}, got {self.moe_matmul!r}")
-        _require(self.moe_dispatch_tokens >= 0, "model.moe_dispatch_tokens",
-                 f"must be 0 (all of a device's tokens at once) or > 0, got {self.moe_dispatch_tokens}")
+        _require(not self.mtp_layers or self.is_moe, "model.mtp_layers",
+                 "the MTP module is GLM-4.5's (a MoE model); set model.moe.num_experts or leave mtp_layers 0")
 
     # Derived fields: computed here and nowhere else.
     @property
@@ -174,24 +169,95 @@ class ModelConfig:
 
     @property
     def is_moe(self) -> bool:
-        return self.num_experts > 0
+        return self.moe.num_experts > 0
 
     @property
     def num_dense_layers(self) -> int:
-        """Layers with a dense MLP: all of them in a dense model, the first `first_dense_layers` in a MoE one."""
-        return self.first_dense_layers if self.is_moe else self.num_layers
+        """Layers with a dense MLP: all of them in a dense model, the first `moe.first_dense_layers` in a MoE one."""
+        return self.moe.first_dense_layers if self.is_moe else self.num_layers
 
     @property
     def num_moe_layers(self) -> int:
         return self.num_layers - self.num_dense_layers
 
     @property
+    def jnp_param_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How the model runs: kernels, blocks, remat, scan, the experts' grouped matmul and dispatch,
+    the compute dtype. Nothing here changes a checkpoint's contents, so a resumed run may change
+    any of it (attention backends, scan/remat, matmul backends and dispatch rounds compute the same
+    numbers up to float rounding; dtype and moe_capacity_factor change them by design)."""
+
+    dtype: str = "float32"  # activation / compute dtype (bf16 on TPU)
+    attention: str = "reference"  # one of ATTENTION_BACKENDS
+    attention_block_q: int = 512  # flash/splash query block
+    attention_block_kv: int = 512  # flash/splash key/value block
+    attention_interpret: bool = False  # run flash/splash in Pallas interpret mode even on TPU (always on elsewhere)
+    scan_layers: bool = True  # lax.scan over the stacked layers (and MoE dispatch rounds); False unrolls (same numbers)
+    remat: str = "none"  # one of REMAT_POLICIES
+    moe_matmul: str = "ragged_dot"  # the experts' grouped matmul, one of MOE_MATMULS (megablox: Pallas on TPU)
+    moe_dispatch_tokens: int = 0  # mesh.expert > 1: a device's tokens reach the experts this many at a time (0: all)
+    moe_capacity_factor: float = 0.0  # 0 = dropless; > 0 drops rows past the capacity (glm_jax.model.experts.capacity)
+
+    def __post_init__(self):
+        _require(self.dtype in _DTYPES, "run.dtype", f"must be one of {_DTYPES}, got {self.dtype!r}")
+        _require(self.attention in ATTENTION_BACKENDS, "run.attention",
+                 f"must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        for f in ("attention_block_q", "attention_block_kv"):
+            v = getattr(self, f)
+            _require(v > 0 and v % 8 == 0, f"run.{f}", f"must be a positive multiple of 8, got {v}")
+            _require(self.attention != "splash" or v % 128 == 0, f"run.{f}",
+                     f"splash attention needs a multiple of 128, got {v}")
+        _require(self.remat in REMAT_POLICIES, "run.remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        _require(self.moe_matmul in MOE_MATMULS, "run.moe_matmul",
+                 f"must be one of {MOE_MATMULS}, got {self.moe_matmul!r}")
+        _require(self.moe_dispatch_tokens >= 0, "run.moe_dispatch_tokens",
+                 f"must be 0 (all of a device's tokens at once) or > 0, got {self.moe_dispatch_tokens}")
+        _require(self.moe_capacity_factor == 0 or self.moe_capacity_factor >= 1, "run.moe_capacity_factor",
+                 f"must be 0 (dropless) or >= 1, got {self.moe_capacity_factor}")
+
+    @property
     def jnp_dtype(self):
         return jnp.dtype(self.dtype)
 
-    @property
-    def jnp_param_dtype(self):
-        return jnp.dtype(self.param_dtype)
+
+# Fields that moved when the architecture was split from how it runs: old dotted name -> new one.
+MOVED_FIELDS = {
+    **{f"model.{f}": f"run.{f}" for f in ("dtype", "attention", "attention_block_q", "attention_block_kv",
+                                           "attention_interpret", "scan_layers", "remat", "moe_matmul",
+                                           "moe_dispatch_tokens", "moe_capacity_factor")},
+    **{f"model.{f}": f"model.moe.{f}" for f in ("num_experts", "experts_per_token", "num_shared_experts",
+                                                 "first_dense_layers", "expert_groups", "expert_groups_per_token",
+                                                 "norm_topk_prob", "routed_scaling_factor")},
+    "model.moe_ffn_hidden_size": "model.moe.ffn_hidden_size",
+}
+
+
+def upgrade_recorded(d: dict) -> dict:
+    """A config dict recorded by an older glm-jax (a workdir's config.json) with its moved fields
+    in their new places; what a user types still gets `_moved`'s error."""
+    d = copy.deepcopy(d)
+    for old, new in MOVED_FIELDS.items():
+        (osec, ofield), (nsec, *npath) = old.split("."), new.split(".")
+        if ofield in d.get(osec, {}):
+            node = d.setdefault(nsec, {})
+            for key in npath[:-1]:
+                node = node.setdefault(key, {})
+            node[npath[-1]] = d[osec].pop(ofield)
+    return d
+
+
+def _moved(field: str) -> None:
+    """Refuses an old field name, naming its new place."""
+    bare = field.split(".", 2)[-1] if field.startswith("stages.") else field
+    new = MOVED_FIELDS.get(bare)
+    if new:
+        raise ConfigError(field, f"has moved to `{new}` (the model section holds the architecture only, "
+                                 f"`run` how it runs); use --config.{new}=...")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +283,7 @@ class TrainConfig:
     seq_len: int = 512  # T of every batch row
     batch_size: int = 8  # global rows per optimizer step (all hosts, all micro-batches)
     grad_accum: int = 1  # micro-batches per optimizer step
-    steps: int = 100
+    steps: int = _resumable(100)
     lr: float = 3e-4
     warmup_steps: int = 10
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
@@ -234,9 +300,9 @@ class TrainConfig:
     loss_weighting: str = "token"  # token | sequence (LongAlign: each packed sequence weighs the same)
     optimizer_state: str = "keep"  # keep | reset: what a stage does with the previous stage's moments
     seed: int = 0
-    log_every: int = 10
+    log_every: int = _resumable(10)
     init_from: str = ""  # params-only checkpoint (train.checkpoint.save_params) the first stage starts from
-    peak_tflops: float = 0.0  # per-device peak for the MFU estimate; 0 = look up the device kind
+    peak_tflops: float = _resumable(0.0)  # per-device peak for the MFU estimate; 0 = look up the device kind
     objective: str = "lm"  # lm (cross-entropy under loss_mask: pre-training, SFT) | dpo (preference pairs; see dpo.*)
 
     def __post_init__(self):
@@ -280,10 +346,10 @@ class DataConfig:
     mixture: str = "bundled_zh_en"  # a registered seqio task or mixture name (glm_jax/data/tasks.py)
     tokenizer: str = ""  # path of a tiktoken-format (GLM-4) or SentencePiece file; "" = the task's own
     seed: int = 0  # shuffling (reshuffled per epoch from it) and bin order
-    num_workers: int = 0  # must be 0: the row streams run in-process (on read_threads threads)
-    cache_dir: str = ""  # tokenized cache; "" = WORKDIR/data_cache on a pod (gs:// workdir or several processes), else $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
+    num_workers: int = _resumable(0)  # must be 0: the row streams run in-process (on read_threads threads)
+    cache_dir: str = _resumable("")  # tokenized cache; "" = WORKDIR/data_cache on a pod (gs:// workdir or several processes), else $GLM_JAX_DATA_CACHE or ~/.cache/glm_jax/data
     packing_bins: int = 0  # rows packed at once (first-fit) per row stream; 0 = 16
-    read_threads: int = 2  # threads advancing this host's row streams (however many rows it reads)
+    read_threads: int = _resumable(2)  # threads advancing this host's row streams (however many rows it reads)
 
     def __post_init__(self):
         _require(bool(self.mixture), "data.mixture", "must name a registered seqio task or mixture")
@@ -322,6 +388,7 @@ class DPOConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig
+    run: RunConfig = RunConfig()
     mesh: MeshConfig = MeshConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -329,19 +396,67 @@ class Config:
     dpo: DPOConfig = DPOConfig()
 
 
-_SECTION_TYPES = {"model": ModelConfig, "mesh": MeshConfig, "train": TrainConfig,
+_SECTION_TYPES = {"model": ModelConfig, "run": RunConfig, "mesh": MeshConfig, "train": TrainConfig,
                   "checkpoint": CheckpointConfig, "data": DataConfig, "dpo": DPOConfig}
+
+
+def _flat(obj, prefix: str) -> dict[str, Any]:
+    """{dotted field name: value} of a config dataclass, sub-configs flattened."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out.update(_flat(v, f"{prefix}.{f.name}") if dataclasses.is_dataclass(v) else {f"{prefix}.{f.name}": v})
+    return out
+
+
+def differences(old, new, section: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """{dotted field name: (old value, new value)} of the fields that differ between two `Config`s
+    (or two sections, named by `section`)."""
+    pairs = [(section, old, new)] if section else [(n, getattr(old, n), getattr(new, n)) for n in _SECTION_TYPES]
+    out = {}
+    for name, a, b in pairs:
+        fa, fb = _flat(a, name), _flat(b, name)
+        out.update({k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]})
+    return out
+
+
+def is_resumable(name: str) -> bool:
+    """May a resumed run change this dotted field? All of RESUMABLE_SECTIONS, and the fields
+    declared with `_resumable`; never the architecture, the data or the optimization."""
+    section, _, rest = name.partition(".")
+    if section in RESUMABLE_SECTIONS:
+        return True
+    cls = _SECTION_TYPES[section]
+    *parents, leaf = rest.split(".")
+    for p in parents:
+        cls = typing.get_type_hints(cls)[p]
+    return bool({f.name: f for f in dataclasses.fields(cls)}[leaf].metadata.get("resumable"))
 
 
 # ---------------------------------------------------------------------------------------------
 # ConfigDict <-> dataclasses
 # ---------------------------------------------------------------------------------------------
 
+def _fields(cls) -> dict[str, tuple[Any, Any]]:
+    """{name: (type, default)} of a config dataclass; a sub-config's type is its dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)}
+
+
+def _is_section(typ) -> bool:
+    return dataclasses.is_dataclass(typ)
+
+
+def _defaults(cls) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({name: _defaults(typ) if _is_section(typ) else default
+                                      for name, (typ, default) in _fields(cls).items()})
+
+
 def default_config_dict() -> ml_collections.ConfigDict:
     """A ConfigDict holding every field's default; config files start from it and override."""
     cd = ml_collections.ConfigDict()
     for name, cls in _SECTION_TYPES.items():
-        cd[name] = ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(cls)})
+        cd[name] = _defaults(cls)
     cd.stage_order = ()
     cd.stages = ml_collections.ConfigDict()
     return cd
@@ -366,12 +481,21 @@ def _coerce(value: Any, typ: Any, field: str) -> Any:
 
 
 def _build_section(cls, values: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    _require(not unknown, f"{prefix}.{unknown[0]}" if unknown else prefix,
-             f"unknown field; valid fields of `{prefix}` are {valid}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items() if v is not None}
+    fields = _fields(cls)
+    for k in sorted(set(values) - set(fields)):
+        _moved(f"{prefix}.{k}")
+        raise ConfigError(f"{prefix}.{k}", f"unknown field; valid fields of `{prefix}` are {list(fields)}")
+    kwargs = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        typ = fields[k][0]
+        if _is_section(typ):
+            _require(isinstance(v, (dict, ml_collections.ConfigDict)), f"{prefix}.{k}",
+                     f"is a section with fields {list(_fields(typ))}, got {v!r}")
+            kwargs[k] = _build_section(typ, _to_dict(v), f"{prefix}.{k}")
+        else:
+            kwargs[k] = _coerce(v, typ, f"{prefix}.{k}")
     return cls(**kwargs)
 
 
@@ -396,7 +520,9 @@ def _merge(base: dict, override: dict, prefix: str) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
         where = f"{prefix}.{k}" if prefix else k
-        _require(k in out, where, f"unknown field; valid here: {sorted(out)}")
+        if k not in out:
+            _moved(where)
+            raise ConfigError(where, f"unknown field; valid here: {sorted(out)}")
         out[k] = _merge(out[k], v, where) if isinstance(out[k], dict) else v
     return out
 
@@ -475,12 +601,15 @@ def apply_overrides(cd: ml_collections.ConfigDict, overrides: Sequence[str]) -> 
     for item in overrides:
         key, sep, text = item.partition("=")
         _require(bool(sep), key, f"override {item!r} must look like section.field=value")
+        _moved(key)
         *parents, leaf = key.split(".")
         node = cd
         for p in parents:
             _require(p in node, key, f"unknown section {p!r}; valid: {sorted(node.keys())}")
             node = node[p]
         _require(leaf in node, key, f"unknown field; valid here: {sorted(node.keys())}")
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            raise ConfigError(key, f"is a section; set one of its fields: {sorted(node[leaf].keys())}")
         value = _parse_value(text)
         if isinstance(node[leaf], float) and isinstance(value, int):
             value = float(value)

@@ -32,6 +32,7 @@ _TENSOR = flags.DEFINE_integer("mesh_tensor", 1, "tensor axis of the decoding me
 
 
 def _load_hf(hf_dir: str):
+    from glm_jax.config import RunConfig
     from glm_jax.convert import hf, hf_config
     from glm_jax.data.tokenizer import load_tokenizer
 
@@ -41,7 +42,7 @@ def _load_hf(hf_dir: str):
     files = [p for p in ("tokenizer.tiktoken", "tokenizer.model") if os.path.isfile(os.path.join(hf_dir, p))]
     if not files:
         raise FileNotFoundError(f"{hf_dir} has no tokenizer.tiktoken or tokenizer.model: cannot tokenize prompts")
-    return params, cfg, load_tokenizer(os.path.join(hf_dir, files[0]))
+    return params, cfg, RunConfig(), load_tokenizer(os.path.join(hf_dir, files[0]))
 
 
 def _load_workdir(workdir: str, step):
@@ -49,7 +50,7 @@ def _load_workdir(workdir: str, step):
     from glm_jax.train.checkpoint import restore_params
 
     params, cfg = restore_params(workdir, step)
-    return params, cfg.model, vocabulary(cfg)
+    return params, cfg.model, cfg.run, vocabulary(cfg)
 
 
 def prompt_ids(vocab, text: str, chat: bool) -> list[int]:
@@ -76,7 +77,7 @@ def main(argv):
     from glm_jax import config, model, sharding
     from glm_jax.model import sampling
 
-    params, cfg, vocab = _load_hf(_HF.value) if _HF.value else _load_workdir(_WORKDIR.value, _STEP.value)
+    params, cfg, run, vocab = _load_hf(_HF.value) if _HF.value else _load_workdir(_WORKDIR.value, _STEP.value)
     mesh = sharding.make_mesh(config.MeshConfig(fsdp=_FSDP.value, tensor=_TENSOR.value))
     params = jax.device_put(params, sharding.tree_shardings(mesh, model.param_specs(cfg)))
     stop = [vocab.special_id("<|endoftext|>")]
@@ -85,7 +86,8 @@ def main(argv):
     prompts = [prompt_ids(vocab, p, _CHAT.value) for p in _PROMPT.value]
     s = sampling.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
     with jax.set_mesh(mesh):
-        outs = sampling.generate(params, cfg, prompts, _MAX_NEW.value, s, stop_ids=stop, key=jax.random.key(_SEED.value))
+        outs = sampling.generate(params, cfg, prompts, _MAX_NEW.value, s, stop_ids=stop, key=jax.random.key(_SEED.value),
+                                   run=run)
     for text, out in zip(_PROMPT.value, outs):
         shown = [t for t in out if t not in stop]
         print(json.dumps({"prompt": text, "completion": vocab.decode(shown), "ids": out}, ensure_ascii=False))

@@ -20,14 +20,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One chip gets 4 rows of 256, not the debug config's 8: libtpu's compile time grows with a
 # device's tokens (~60 s a variant at 2,048 here, ~15 s at 512); sequence=4 leaves 512 a device.
 CASES = [("v5e:1x1", ["mesh.fsdp=1", "train.batch_size=4"]),
-         ("v5e:2x2", ["mesh.fsdp=1", "mesh.sequence=4", "model.attention_block_q=32"])]
+         ("v5e:2x2", ["mesh.fsdp=1", "mesh.sequence=4", "run.attention_block_q=32"])]
 
 if __name__ == "__main__":
     backends = sys.argv[1].split(",") if len(sys.argv) > 1 else ["reference", "flash"]
     cases = [CASES[int(i)] for i in sys.argv[2].split(",")] if len(sys.argv) > 2 else CASES
     for backend in backends:
         for topology, mesh in cases:
-            cfg = config.load(os.path.join(REPO, "configs", "debug.py"), [*mesh, f"model.attention='{backend}'"])
+            cfg = config.load(os.path.join(REPO, "configs", "debug.py"), [*mesh, f"run.attention='{backend}'"])
             devices = aot.topology_devices(topology)
             xla = aot.step_costs(cfg, devices)["flops"] * len(devices)
             model = metrics.train_flops_per_token(cfg.model, cfg.train.seq_len) * cfg.train.batch_size * cfg.train.seq_len

@@ -64,8 +64,8 @@ def test_moe_tokens_travel_by_ragged_all_to_all_on_tpu(tmp_path):
     carry counts and offsets (and attention's head reshards), a few percent of the bytes."""
     out = tmp_path / "aot.json"
     proc = _aot("--config=configs/debug_moe.py", "--topology=v5p:2x2x1", "--config.mesh.expert=2",
-                "--config.mesh.fsdp=2", "--config.train.batch_size=8", "--config.model.moe_dispatch_tokens=128",
-                "--config.model.dtype=bfloat16", "--memory_only", f"--out={out}")
+                "--config.mesh.fsdp=2", "--config.train.batch_size=8", "--config.run.moe_dispatch_tokens=128",
+                "--config.run.dtype=bfloat16", "--memory_only", f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     ragged, dense = r["collectives"]["ragged-all-to-all"], r["collectives"]["all-to-all"]
@@ -116,8 +116,9 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
 
 def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
     env = _tpu_env()
-    code = ("from glm_jax import aot; from glm_jax.train import metrics; d = aot.topology_devices('v7:2x2x1'); "
-            "assert d[0].device_kind in aot.CHIPS; print(d[0].device_kind, len(d), metrics.DEVICES_PER_CHIP[d[0].device_kind])")
+    code = ("from glm_jax import aot; d = aot.topology_devices('v7:2x2x1'); "
+            "from glm_jax import accelerators; c = accelerators.lookup(d[0].device_kind); assert c; "
+            "print(d[0].device_kind, len(d), c.devices_per_chip)")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kind, n, per_chip = proc.stdout.split()[-3:]
@@ -214,7 +215,7 @@ def test_moe_step_costs_count_the_experts_at_balanced_load():
 from glm_jax import aot, config
 from glm_jax.train import metrics
 cfg = config.load("configs/debug_moe.py", ["mesh.expert=2", "mesh.fsdp=2", "train.batch_size=4", "train.seq_len=128",
-                  "model.moe_dispatch_tokens=64", "model.dtype=bfloat16"])
+                  "run.moe_dispatch_tokens=64", "run.dtype=bfloat16"])
 flops = aot.step_costs(cfg, aot.topology_devices("v5p:2x2x1"))["flops"]
 print(flops * 4 / (metrics.train_flops_per_token(cfg.model, 128) * 4 * 128))
 """

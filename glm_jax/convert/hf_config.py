@@ -1,7 +1,7 @@
 """The bridge between our `ModelConfig` and a checkpoint directory's `config.json`.
 
 Four formats: transformers' `GlmForCausalLM` ("glm"), its `Glm4ForCausalLM` ("glm4", GLM-4-0414:
-`model.post_norms`) and `Glm4MoeForCausalLM` ("glm4_moe", GLM-4.5: `model.num_experts` > 0), all
+`model.post_norms`) and `Glm4MoeForCausalLM` ("glm4_moe", GLM-4.5: `model.moe.num_experts` > 0), all
 written with naming "hf", and THUDM's ChatGLM remote-code config
 ("chatglm", naming "thudm"), written with every field of the released glm-4-9b-chat config.json.
 
@@ -19,7 +19,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, MoEConfig
 from glm_jax.convert.keymap import ConversionError
 
 _TORCH_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -90,15 +90,15 @@ MOE_FIELDS = (
     Field("rotary_style", lambda d: "half" if d.get("model_type") == "glm4_moe" else "interleaved",
           lambda d: "interleaved", "Glm4Moe rotates half of the rotary dims against the other half (pairs i, i+R/2)"),
     Field("qk_norm", _moe("use_qk_norm", False), lambda d: False),
-    Field("num_experts", _moe("n_routed_experts", 128), lambda d: 0),
-    Field("experts_per_token", _moe("num_experts_per_tok", 8), lambda d: 0),
-    Field("moe_ffn_hidden_size", _moe("moe_intermediate_size", 1408), lambda d: 0),
-    Field("num_shared_experts", _moe("n_shared_experts", 1), lambda d: 0),
-    Field("first_dense_layers", _moe("first_k_dense_replace", 1), lambda d: 0),
-    Field("expert_groups", _moe("n_group", 1), lambda d: 1),
-    Field("expert_groups_per_token", _moe("topk_group", 1), lambda d: 1),
-    Field("norm_topk_prob", _moe("norm_topk_prob", True), lambda d: True),
-    Field("routed_scaling_factor", _moe("routed_scaling_factor", 1.0), lambda d: 1.0),
+    Field("moe.num_experts", _moe("n_routed_experts", 128), lambda d: 0),
+    Field("moe.experts_per_token", _moe("num_experts_per_tok", 8), lambda d: 0),
+    Field("moe.ffn_hidden_size", _moe("moe_intermediate_size", 1408), lambda d: 0),
+    Field("moe.num_shared_experts", _moe("n_shared_experts", 1), lambda d: 0),
+    Field("moe.first_dense_layers", _moe("first_k_dense_replace", 1), lambda d: 0),
+    Field("moe.expert_groups", _moe("n_group", 1), lambda d: 1),
+    Field("moe.expert_groups_per_token", _moe("topk_group", 1), lambda d: 1),
+    Field("moe.norm_topk_prob", _moe("norm_topk_prob", True), lambda d: True),
+    Field("moe.routed_scaling_factor", _moe("routed_scaling_factor", 1.0), lambda d: 1.0),
     Field("mtp_layers", _moe("num_nextn_predict_layers", 1), lambda d: 0,
           "the MTP layers the checkpoint keeps at index num_hidden_layers"),
 )
@@ -126,6 +126,13 @@ def config_format(hf: dict) -> str:
                           f"'chatglm' (THUDM)")
 
 
+def _get(cfg: ModelConfig, attr: str) -> Any:
+    """A dotted field of the model config (`moe.num_experts`)."""
+    for name in attr.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
+
+
 def _same(a, b) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return bool(a) == bool(b)
@@ -137,7 +144,7 @@ def _same(a, b) -> bool:
 def _mismatch(f: Field, theirs: Any, cfg: ModelConfig, source: str) -> ConversionError:
     note = f" ({f.note})" if f.note else ""
     return ConversionError(f"{source} means {f.attr}={theirs!r} but config {cfg.name!r} has model.{f.attr}="
-                           f"{getattr(cfg, f.attr)!r}{note}; fix model.{f.attr} (--config.model.{f.attr}={theirs!r}) "
+                           f"{_get(cfg, f.attr)!r}{note}; fix model.{f.attr} (--config.model.{f.attr}={theirs!r}) "
                            f"or use the config that matches these weights")
 
 
@@ -147,7 +154,7 @@ def check_against(hf: dict, cfg: ModelConfig) -> None:
     fmt = config_format(hf)
     for f in FIELDS + MOE_FIELDS:
         theirs = (f.hf if fmt == "hf" else f.thudm)(hf)
-        if theirs is not None and not _same(theirs, getattr(cfg, f.attr)):
+        if theirs is not None and not _same(theirs, _get(cfg, f.attr)):
             raise _mismatch(f, theirs, cfg, f"checkpoint config.json ({hf.get('model_type')})")
     for where, key, value, meaning in _FIXED:
         if where == fmt and key in hf and hf[key] != value:
@@ -162,7 +169,7 @@ def check_thudm_weights(cfg: ModelConfig) -> None:
     """What any THUDM-named checkpoint implies, with or without a config.json: ChatGLM's fixed
     rotary fraction (0.5) and no post-norms. Raises ConversionError naming the field."""
     for f in FIELDS:
-        if f.attr in _THUDM_IMPLIED and not _same(f.thudm({}), getattr(cfg, f.attr)):
+        if f.attr in _THUDM_IMPLIED and not _same(f.thudm({}), _get(cfg, f.attr)):
             raise _mismatch(f, f.thudm({}), cfg, "THUDM's ChatGLM format (naming 'thudm')")
 
 
@@ -171,7 +178,9 @@ def model_config_from_hf(hf: dict, name: str = "hf") -> ModelConfig:
     fmt = config_format(hf)
     values = {f.attr: (f.hf if fmt == "hf" else f.thudm)(hf) for f in FIELDS + MOE_FIELDS}
     seq = hf.get("max_position_embeddings", 8192) if fmt == "hf" else hf.get("seq_length", 8192)
-    return ModelConfig(name=name, max_seq_len=seq, **{k: v for k, v in values.items() if v is not None})
+    values = {k: v for k, v in values.items() if v is not None}
+    moe = MoEConfig(**{k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("moe.")})
+    return ModelConfig(name=name, max_seq_len=seq, moe=moe, **values)
 
 
 def _transformers_version() -> str:
@@ -230,11 +239,12 @@ def to_hf_config(cfg: ModelConfig, naming: str, dtype: str, eos_token_ids: list[
             "dtype": _TORCH_DTYPE[dtype],
         }
         if cfg.is_moe:
-            out.update({"moe_intermediate_size": cfg.moe_ffn_hidden_size, "n_routed_experts": cfg.num_experts,
-                        "num_experts_per_tok": cfg.experts_per_token, "n_shared_experts": cfg.num_shared_experts,
-                        "first_k_dense_replace": cfg.first_dense_layers, "n_group": cfg.expert_groups,
-                        "topk_group": cfg.expert_groups_per_token, "norm_topk_prob": cfg.norm_topk_prob,
-                        "routed_scaling_factor": cfg.routed_scaling_factor, "use_qk_norm": cfg.qk_norm,
+            moe = cfg.moe
+            out.update({"moe_intermediate_size": moe.ffn_hidden_size, "n_routed_experts": moe.num_experts,
+                        "num_experts_per_tok": moe.experts_per_token, "n_shared_experts": moe.num_shared_experts,
+                        "first_k_dense_replace": moe.first_dense_layers, "n_group": moe.expert_groups,
+                        "topk_group": moe.expert_groups_per_token, "norm_topk_prob": moe.norm_topk_prob,
+                        "routed_scaling_factor": moe.routed_scaling_factor, "use_qk_norm": cfg.qk_norm,
                         "num_nextn_predict_layers": cfg.mtp_layers})
         if eos is not None:
             out["eos_token_id"] = eos

@@ -154,7 +154,7 @@ def _glm4_moe_layer(cfg: ModelConfig, lp: str, at: Path, moe: bool) -> list[Tens
     maps += [TensorMap(lp + "mlp.gate.weight", (m + ("router", "kernel"),), _t, _one(_t)),
              TensorMap(lp + "mlp.gate.e_score_correction_bias", (m + ("router", "bias"),), _same, one)]
     maps += swiglu(lp + "mlp.experts.{e}.", m + ("experts",))
-    if cfg.num_shared_experts:
+    if cfg.moe.num_shared_experts:
         maps += swiglu(lp + "mlp.shared_experts.", m + ("shared",))
     return maps
 
@@ -198,8 +198,8 @@ def tensor_maps(cfg: ModelConfig, naming: str) -> list[TensorMap]:
         raise ConversionError(f"naming must be one of {NAMINGS}, got {naming!r}")
     if cfg.is_moe:
         if naming != "hf":
-            raise ConversionError(f"config {cfg.name!r} is a mixture of experts (model.num_experts="
-                                  f"{cfg.num_experts}, GLM-4.5), which THUDM's ChatGLM checkpoints cannot represent; "
+            raise ConversionError(f"config {cfg.name!r} is a mixture of experts (model.moe.num_experts="
+                                  f"{cfg.moe.num_experts}, GLM-4.5), which THUDM's ChatGLM checkpoints cannot represent; "
                                   f"use naming 'hf' (--naming=hf, Glm4MoeForCausalLM)")
         return _glm4_moe_maps(cfg)
     wo = (_L + ("mlp", "wo", "kernel"),)
@@ -287,7 +287,7 @@ def _expanded(maps: Sequence[TensorMap], cfg: ModelConfig) -> Iterator[tuple[str
             n, first = _stack(m.leaves[0], cfg)
             layers = [(first, i) for i in range(n)]
         for li in layers:
-            for e in (range(cfg.num_experts) if m.per_expert else [None]):
+            for e in (range(cfg.moe.num_experts) if m.per_expert else [None]):
                 name = m.name.format(i=li[0] + li[1] if li else 0, e=e)
                 yield name, m, (li[1] if li else None), e
 
@@ -349,7 +349,7 @@ def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, 
     if missing:
         raise ConversionError(f"checkpoint lacks {len(missing)} tensor(s) the config needs, first: {missing[0]!r} "
                               f"(naming={naming!r}, config {cfg.name!r}: {cfg.num_layers} layers"
-                              + (f", {cfg.num_experts} experts, mtp_layers={cfg.mtp_layers}" if cfg.is_moe else "")
+                              + (f", {cfg.moe.num_experts} experts, mtp_layers={cfg.mtp_layers}" if cfg.is_moe else "")
                               + ")")
     unexpected = sorted(present - set(expected))
     if unexpected:
@@ -387,7 +387,7 @@ def import_reader(get_tensor: Callable[[str], np.ndarray], shapes: Mapping[str, 
         # A fused QKV tensor is read once per leaf it feeds: the file is in the page cache by then.
         for m, k in feeds:
             if m.per_expert:
-                for e in range(cfg.num_experts):
+                for e in range(cfg.moe.num_experts):
                     fill(out[e], m, k, m.name.format(i=first + (layer or 0), e=e))
             else:
                 fill(out, m, k, m.name.format(i=first + (layer or 0)))

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         p.error(f"{e}\n(the run's tokenizer is unknown in this process: pass --tokenizer=FILE)")
     params, cfg = restore_params(a.workdir, a.step)
-    results = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples, a.seed)
+    results = passkey.evaluate(params, cfg.model, tokenizer, lengths, a.depths, a.samples, a.seed, run=cfg.run)
     out = a.out or storage.join(storage.resolve(a.workdir), "eval", "passkey")
     passkey.save(results, out + ".json", out + ".png")
     print(f"{'length':>8} " + " ".join(f"{r['depth']:>6.0%}" for r in results["results"] if r["length"] == lengths[0]))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax import storage
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, RunConfig
 from glm_jax.data.paths import DATA_DIR
 from glm_jax.model import hidden_states, logits_from_hidden
 
@@ -84,10 +84,10 @@ def training_texts(tokenizer, count: int, min_tokens: int, max_tokens: int, seed
     return texts
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "answer_start"))
-def _score(params, ids, cfg: ModelConfig, answer_start: int):
+@functools.partial(jax.jit, static_argnames=("cfg", "run", "answer_start"))
+def _score(params, ids, cfg: ModelConfig, run: RunConfig, answer_start: int):
     """ids [N, T] -> (mean log-prob per answer token [N], all answer tokens greedy-correct [N])."""
-    hidden = hidden_states(params, ids, cfg)[:, answer_start - 1:-1]  # logits only where answers are scored
+    hidden = hidden_states(params, ids, cfg, run)[:, answer_start - 1:-1]  # logits only where answers are scored
     logits = logits_from_hidden(params, hidden)
     answer = ids[:, answer_start:]
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), answer[..., None], axis=-1)[..., 0]
@@ -95,7 +95,7 @@ def _score(params, ids, cfg: ModelConfig, answer_start: int):
 
 
 def evaluate(params: dict, cfg: ModelConfig, tokenizer, lengths: Sequence[int], depths: int | Sequence[float],
-             samples: int = 4, seed: int = 0) -> dict:
+             samples: int = 4, seed: int = 0, run: RunConfig = RunConfig()) -> dict:
     """Scores every (length, depth); `depths` is a count (evenly spaced 0..1) or explicit fractions.
 
     Runs under whatever mesh is set (`jax.set_mesh`); params may be sharded."""
@@ -108,12 +108,12 @@ def evaluate(params: dict, cfg: ModelConfig, tokenizer, lengths: Sequence[int], 
             examples = [make_example(tokenizer, length, float(depth), int(k), offset=int(k) * 7) for k in keys]
             starts = {s for _, s in examples}
             if len(starts) != 1:  # answers of different token lengths: score one at a time
-                scored = [_score(params, jnp.asarray(ids[None]), cfg, s) for ids, s in examples]
+                scored = [_score(params, jnp.asarray(ids[None]), cfg, run, s) for ids, s in examples]
                 logp = np.array([float(a[0]) for a, _ in scored])
                 correct = np.array([bool(b[0]) for _, b in scored])
             else:
                 logp, correct = map(np.asarray, _score(params, jnp.asarray(np.stack([e for e, _ in examples])),
-                                                       cfg, starts.pop()))
+                                                       cfg, run, starts.pop()))
             rows.append({"length": int(length), "depth": round(float(depth), 4), "accuracy": float(correct.mean()),
                          "logprob": float(logp.mean())})
     return {"model": cfg.name, "rope_theta": cfg.rope_theta, "samples": samples, "seed": seed, "results": rows}

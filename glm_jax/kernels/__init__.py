@@ -9,6 +9,6 @@
 - `context_parallel.attention`: the sequence axis of the mesh; local queries (a front and a back
   chunk per shard) against all-gathered K/V, through any backend that takes a query offset.
 
-The model reaches them through `glm_jax.model.attention.attention` (`model.attention` = "flash" /
+The model reaches them through `glm_jax.model.attention.attention` (`run.attention` = "flash" /
 "splash"); the numbers equal the "reference" backend's.
 """

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from glm_jax.config import ConfigError
 from glm_jax.sharding import sharding_for
 
 AXIS = "sequence"
@@ -36,11 +37,16 @@ def num_shards() -> int:
     return 1 if mesh.empty or AXIS not in mesh.axis_names else mesh.shape[AXIS]
 
 
+def check_seq_len(seq_len: int, shards: int) -> None:
+    """The load-balanced layout cuts a sequence into 2 chunks per sequence shard."""
+    if shards > 1 and seq_len % (2 * shards):
+        raise ConfigError("train.seq_len", f"{seq_len} must be a multiple of 2 x the sequence axis ({2 * shards}) "
+                          f"for the load-balanced context-parallel layout")
+
+
 def layout_order(seq_len: int, shards: int) -> np.ndarray:
     """[T] original index of the token at each slot of the load-balanced layout."""
-    if seq_len % (2 * shards):
-        raise ValueError(f"sequence length {seq_len} must be a multiple of 2 x the sequence axis ({2 * shards}) "
-                         f"for the load-balanced context-parallel layout; set train.seq_len accordingly")
+    check_seq_len(seq_len, shards)
     chunks = np.arange(seq_len).reshape(2 * shards, seq_len // (2 * shards))
     return np.concatenate([np.concatenate([chunks[i], chunks[2 * shards - 1 - i]]) for i in range(shards)])
 

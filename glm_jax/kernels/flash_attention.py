@@ -39,7 +39,7 @@ _LANES = 128
 def _check_blocks(T: int, S: int, block_q: int, block_kv: int, interpret: Any) -> tuple[int, int]:
     """Block sizes clipped to the lengths; raises ValueError naming the config field otherwise."""
     bq, bkv = min(block_q, T), min(block_kv, S)
-    for name, b, n in (("model.attention_block_q", bq, T), ("model.attention_block_kv", bkv, S)):
+    for name, b, n in (("run.attention_block_q", bq, T), ("run.attention_block_kv", bkv, S)):
         if n % b:
             valid = [d for d in (128, 256, 512, 1024, 2048) if n % d == 0] or [n]
             raise ValueError(f"config field `{name}`: block {b} does not divide the sequence length {n}; "

@@ -3,7 +3,7 @@
     y = grouped_matmul(x [M, K], w [G, K, N], sizes [G] int32, backend)   # -> [M, N] in x's dtype
 
 Row block i (the sizes[i] rows after those of groups < i) is multiplied by w[i]; rows past
-sum(sizes) come out as zeros. Backends (`model.moe_matmul`):
+sum(sizes) come out as zeros. Backends (`run.moe_matmul`):
   ragged_dot  `jax.lax.ragged_dot`: XLA's grouped matmul on every platform (the reference).
   megablox    the Pallas TPU grouped matmul that ships with JAX (jax.experimental.pallas.ops.tpu.
               megablox: `gmm` forward, `gmm`/`tgmm` backward), compiled by Mosaic on TPU and run in
@@ -30,7 +30,7 @@ def grouped_matmul(x: jax.Array, w: jax.Array, sizes: jax.Array, backend: str = 
     if backend == "ragged_dot":
         return jax.lax.ragged_dot(x, w.astype(x.dtype), sizes)
     if backend != "megablox":
-        raise ValueError(f"model.moe_matmul={backend!r}: must be ragged_dot or megablox")
+        raise ValueError(f"run.moe_matmul={backend!r}: must be ragged_dot or megablox")
     M, K = x.shape
     N = w.shape[2]
     padded = -(-M // ROW_TILE) * ROW_TILE

@@ -101,8 +101,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] | None -> [B, T, H, E] in q's dtype."""
     B, T, H, E = q.shape
     S = k.shape[1]
-    bq = _block("model.attention_block_q", block_q, T)
-    bkv = _block("model.attention_block_kv", block_kv, S)
+    bq = _block("run.attention_block_q", block_q, T)
+    bkv = _block("run.attention_block_kv", block_kv, S)
     blocks = sa.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                            block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
     mask = sa.MultiHeadMask([sa.CausalMask((T, S)) for _ in range(H)])

@@ -1,4 +1,4 @@
-"""The attention entry point. `cfg.attention` picks the backend; every backend computes the same
+"""The attention entry point. `run.attention` picks the backend; every backend computes the same
 numbers: causal attention within segments, grouped-query (each of K kv heads serves G = H / K
 query heads), softmax in fp32.
 
@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ConfigError, RunConfig
 from glm_jax.kernels import context_parallel
 from glm_jax.kernels.flash_attention import flash_attention
 from glm_jax.kernels.shard import interpret_mode, per_shard
@@ -118,47 +118,63 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids:
 def _kernel_backend(kernel: Callable) -> Callable:
     """A Pallas kernel run per shard (shard_map over the current mesh), blocks and interpret
     mode from the config; interpret mode switches on by itself when the target is not a TPU."""
-    def run(q, k, v, seg, cfg: ModelConfig):
-        fn = functools.partial(kernel, block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
-                               interpret=interpret_mode(cfg.attention_interpret))
+    def call(q, k, v, seg, run: RunConfig):
+        fn = functools.partial(kernel, block_q=run.attention_block_q, block_kv=run.attention_block_kv,
+                               interpret=interpret_mode(run.attention_interpret))
         return per_shard(fn, q, k, v, seg)
-    return run
+    return call
 
 
 def _backends() -> dict[str, Callable]:
-    return {"reference": lambda q, k, v, seg, cfg: reference_attention(q, k, v, seg),
+    return {"reference": lambda q, k, v, seg, run: reference_attention(q, k, v, seg),
             "flash": _kernel_backend(flash_attention),
             "splash": _kernel_backend(splash_attention),
             # per shard like the kernels: a custom call (cuDNN) sees only local batch rows and heads
-            "dot_product": lambda q, k, v, seg, cfg: per_shard(dot_product_attention, q, k, v, seg)}
+            "dot_product": lambda q, k, v, seg, run: per_shard(dot_product_attention, q, k, v, seg)}
 
 
 def _context_parallel_backends() -> dict[str, Callable]:
     """Attention of a chunk of local queries against all-gathered K/V (original token order):
-    fn(q [B, C, H, E], k/v [B, T, K, E], q_seg [B, C], k_seg [B, T], q_offset, cfg); query c
+    fn(q [B, C, H, E], k/v [B, T, K, E], q_seg [B, C], k_seg [B, T], q_offset, run); query c
     sits at position q_offset + c. Used inside context_parallel's shard_map."""
 
-    def reference(q, k, v, q_seg, k_seg, q_offset, cfg):
+    def reference(q, k, v, q_seg, k_seg, q_offset, run):
         q_index = q_offset + jnp.arange(q.shape[1])
         return masked_attention(q, k, v, causal_segment_mask(q_index, jnp.arange(k.shape[1]), q_seg, k_seg))
 
-    def flash(q, k, v, q_seg, k_seg, q_offset, cfg):
-        return flash_attention(q, k, v, q_seg, kv_segment_ids=k_seg, q_offset=q_offset, block_q=cfg.attention_block_q,
-                               block_kv=cfg.attention_block_kv, interpret=interpret_mode(cfg.attention_interpret))
+    def flash(q, k, v, q_seg, k_seg, q_offset, run):
+        return flash_attention(q, k, v, q_seg, kv_segment_ids=k_seg, q_offset=q_offset, block_q=run.attention_block_q,
+                               block_kv=run.attention_block_kv, interpret=interpret_mode(run.attention_interpret))
 
     return {"reference": reference, "flash": flash}
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, cfg: ModelConfig) -> jax.Array:
+CONTEXT_PARALLEL_BACKENDS = ("reference", "flash")  # the keys of _context_parallel_backends()
+
+
+def check_backend(run: RunConfig, seq_len: int, sequence_shards: int) -> None:
+    """What the backends need of a sequence length and a `sequence` mesh axis: a context-parallel
+    path, the load-balanced layout, and a Pallas query block that tiles each chunk of queries.
+    Called before anything compiles (glm_jax.train.validation) and by `attention` when it traces."""
+    if sequence_shards > 1 and run.attention not in CONTEXT_PARALLEL_BACKENDS:
+        raise ConfigError("run.attention", f"{run.attention!r} has no context-parallel path; use one of "
+                          f"{CONTEXT_PARALLEL_BACKENDS} with mesh.sequence > 1")
+    context_parallel.check_seq_len(seq_len, sequence_shards)
+    chunk = seq_len // (2 * sequence_shards) if sequence_shards > 1 else seq_len  # queries one call sees
+    if run.attention in ("flash", "splash") and chunk % min(run.attention_block_q, chunk):
+        raise ConfigError("train.seq_len", f"{seq_len} must tile into query blocks of run.attention_block_q="
+                          f"{run.attention_block_q}" + (f" in each of its {2 * sequence_shards} context-parallel "
+                          f"chunks" if sequence_shards > 1 else "") + "; change either")
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, run: RunConfig) -> jax.Array:
     """q [B, T, H, E], k/v [B, T, K, E], segment_ids [B, T] or None -> [B, T, H, E].
 
     With a `sequence` mesh axis > 1 the inputs are in context_parallel's load-balanced layout
     and attention runs per sequence shard (see glm_jax.kernels.context_parallel)."""
-    if context_parallel.num_shards() > 1:
-        local = _context_parallel_backends()
-        if cfg.attention not in local:
-            raise ValueError(f"model.attention={cfg.attention!r} has no context-parallel path yet; "
-                             f"use one of {sorted(local)} with mesh.sequence > 1")
-        fn = local[cfg.attention]
-        return context_parallel.attention(q, k, v, segment_ids, lambda *a: fn(*a, cfg=cfg))
-    return _backends()[cfg.attention](q, k, v, segment_ids, cfg)
+    shards = context_parallel.num_shards()
+    check_backend(run, q.shape[1], shards)
+    if shards > 1:
+        fn = _context_parallel_backends()[run.attention]
+        return context_parallel.attention(q, k, v, segment_ids, lambda *a: fn(*a, run=run))
+    return _backends()[run.attention](q, k, v, segment_ids, run)

@@ -1,11 +1,11 @@
 """KV-cache decoding: the same layers as `forward`, attending against a per-layer K/V cache.
 
-    cache = init_cache(cfg, batch=B, max_len=S)
-    logits, cache = extend(params, prompts, cache, cfg)   # prefill: prompts [B, T], right-padded
-    cache = set_lengths(cache, prompt_lengths)            # rows continue after their own prompt
-    logits, cache = extend(params, next_tokens[:, None], cache, cfg)   # one step
+    cache = init_cache(cfg, batch=B, max_len=S, run=run)
+    logits, cache = extend(params, prompts, cache, cfg, run)   # prefill: prompts [B, T], right-padded
+    cache = set_lengths(cache, prompt_lengths)                 # rows continue after their own prompt
+    logits, cache = extend(params, next_tokens[:, None], cache, cfg, run)   # one step
 
-Cache layout: k, v [L, B, S, K, E] (cfg.dtype; a MoE model's dense layers first, then its MoE layers) and `length` [B] int32 (tokens written per row).
+Cache layout: k, v [L, B, S, K, E] (run.dtype; a MoE model's dense layers first, then its MoE layers) and `length` [B] int32 (tokens written per row).
 New tokens of row b go to cache slots length[b] .. length[b] + T - 1 and take those positions
 for rotary; a query at position p sees cache slots <= p, so slots past a row's length (padding
 written during a batched prefill) are never read before they are overwritten.
@@ -18,14 +18,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, RunConfig
 from glm_jax.model.layers import rms_norm, rotary_tables
 from glm_jax.model.transformer import block, embed, logits_from_hidden
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, run: RunConfig = RunConfig()) -> dict:
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, cfg.jnp_dtype), "v": jnp.zeros(shape, cfg.jnp_dtype),
+    return {"k": jnp.zeros(shape, run.jnp_dtype), "v": jnp.zeros(shape, run.jnp_dtype),
             "length": jnp.zeros((batch,), jnp.int32)}
 
 
@@ -51,12 +51,13 @@ def _cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, q_po
     return out.reshape(B, T, H, E).astype(q.dtype)
 
 
-def extend(params: dict, tokens: jax.Array, cache: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
+def extend(params: dict, tokens: jax.Array, cache: dict, cfg: ModelConfig,
+           run: RunConfig = RunConfig()) -> tuple[jax.Array, dict]:
     """Appends tokens [B, T] to every row's cache; returns logits [B, T, V] fp32 and the new cache."""
     start = cache["length"]
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
     cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
-    x = embed(params, tokens, cfg)
+    x = embed(params, tokens, run)
 
     def layer(x, xs):
         layer_params, k_cache, v_cache = xs
@@ -65,7 +66,7 @@ def extend(params: dict, tokens: jax.Array, cache: dict, cfg: ModelConfig) -> tu
             k_new, v_new = _write(k_cache, k, start), _write(v_cache, v, start)
             return _cached_attention(q, k_new, v_new, positions), (k_new, v_new)
 
-        return block(x, layer_params, cos, sin, attend, cfg)
+        return block(x, layer_params, cos, sin, attend, cfg, run)
 
     # the dense stack then (GLM-4.5) the MoE stack, each over its slice of the cache's L axis
     ks, vs, first = [], [], 0

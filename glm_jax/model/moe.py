@@ -1,12 +1,12 @@
 """The mixture-of-experts block of GLM-4.5 / GLM-4.5-Air (transformers' Glm4MoeMoE) as pure functions.
 
-    out, stats = moe_block(h [B, T, D], p, cfg)      # p: one layer's params["moe_layers"]["moe"]
+    out, stats = moe_block(h [B, T, D], p, cfg, run)      # p: one layer's params["moe_layers"]["moe"]
 
 Routing (`route`), in fp32 whatever the compute dtype: scores = sigmoid(h W_router); the choice
 adds the per-expert correction bias (`router.bias`, HF `e_score_correction_bias`), which decides
 *which* experts a token visits but never *how much* (the weights come from the unbiased scores),
 and gets no gradient: the train step moves it toward balanced load (glm_jax.train.balance).
-Group-limited top-k: experts form `expert_groups` groups, a group scores by the sum of its two
+Group-limited top-k (fields of `model.moe`): experts form `expert_groups` groups, a group scores by the sum of its two
 best biased scores, a token keeps its `expert_groups_per_token` best groups and picks its top k
 experts among them. Weights are renormalized to sum to 1 (`norm_topk_prob`) and scaled by
 `routed_scaling_factor`. The shared experts (one fused SwiGLU of C x num_shared_experts) see
@@ -14,13 +14,14 @@ every token.
 
 Expert compute (`routed_experts`) is dropless: the N x k (token, expert) assignments are sorted
 by expert and run as one grouped matmul over the stacked [X, ...] expert weights
-(glm_jax.kernels.grouped_matmul, `model.moe_matmul`: XLA's `jax.lax.ragged_dot`, or megablox's
+(glm_jax.kernels.grouped_matmul, `run.moe_matmul`: XLA's `jax.lax.ragged_dot`, or megablox's
 Pallas kernel on TPU), so every token reaches its k experts whatever the load and no size has to
 be a multiple of a kernel tile (Air's 1,408 is fine; the group sizes are data). A Pallas kernel
 cannot be partitioned by XLA, so with megablox on a mesh of several devices the experts always
 run inside the expert-parallel `shard_map` (with expert=1 too: each device its own tokens).
-`model.moe_capacity_factor` > 0 is the explicit dropping option: each expert keeps its first
-capacity = ceil(cf x N x k / X) assignments (token order) and the rest contribute nothing.
+`run.moe_capacity_factor` > 0 is the explicit dropping option: each expert keeps its first
+capacity = ceil(cf x N x k / X) assignments (token order) and the rest contribute nothing
+(glm_jax.model.experts.capacity, the receivers being the X experts).
 
 With an `expert` mesh axis > 1 the experts are split over it and tokens travel to them by
 all-to-all inside a `shard_map` (glm_jax.model.expert_parallel); the numbers are the local path's.
@@ -34,19 +35,19 @@ C expert ffn, A = N x k assignments.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-from glm_jax.config import ModelConfig
-from glm_jax.kernels.grouped_matmul import grouped_matmul
+from glm_jax.config import ModelConfig, RunConfig
+from glm_jax.model import expert_parallel
+from glm_jax.model import experts as experts_lib
 from glm_jax.model.layers import swiglu_mlp
 
 
 def route(x: jax.Array, kernel: jax.Array, bias: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """x [N, D], router kernel [D, X], correction bias [X] -> (weights [N, k] fp32, experts [N, k] int32)."""
-    X, k, G = cfg.num_experts, cfg.experts_per_token, cfg.expert_groups
+    moe = cfg.moe
+    X, k, G = moe.num_experts, moe.experts_per_token, moe.expert_groups
     logits = jnp.einsum("nd,dx->nx", x.astype(jnp.float32), kernel.astype(jnp.float32),
                         precision=jax.lax.Precision.HIGHEST)
     scores = jax.nn.sigmoid(logits)
@@ -54,55 +55,35 @@ def route(x: jax.Array, kernel: jax.Array, bias: jax.Array, cfg: ModelConfig) ->
     if G > 1:
         grouped = choice.reshape(-1, G, X // G)
         group_scores = jax.lax.top_k(grouped, 2)[0].sum(-1)  # [N, G]
-        keep_groups = jax.lax.top_k(group_scores, cfg.expert_groups_per_token)[1]  # [N, g]
+        keep_groups = jax.lax.top_k(group_scores, moe.expert_groups_per_token)[1]  # [N, g]
         group_mask = jnp.any(jax.nn.one_hot(keep_groups, G, dtype=jnp.bool_), axis=1)  # [N, G]
         choice = jnp.where(jnp.repeat(group_mask, X // G, axis=1), choice, -jnp.inf)
     experts = jax.lax.top_k(jax.lax.stop_gradient(choice), k)[1]
     weights = jnp.take_along_axis(scores, experts, axis=1)
-    if cfg.norm_topk_prob:
+    if moe.norm_topk_prob:
         weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
-    return weights * cfg.routed_scaling_factor, experts.astype(jnp.int32)
-
-
-def _capacity_keep(sorted_experts: jax.Array, sizes: jax.Array, cfg: ModelConfig, tokens: int) -> jax.Array:
-    """sorted_experts [A] (ascending), sizes [X] -> keep [A] bool: rank within its expert < capacity."""
-    if cfg.moe_capacity_factor == 0:
-        return jnp.ones(sorted_experts.shape, jnp.bool_)
-    capacity = math.ceil(cfg.moe_capacity_factor * tokens * cfg.experts_per_token / cfg.num_experts)
-    starts = jnp.cumsum(sizes) - sizes
-    rank = jnp.arange(sorted_experts.shape[0]) - starts[sorted_experts]
-    return rank < capacity
-
-
-def grouped_ffn(xs: jax.Array, sizes: jax.Array, wi: jax.Array, wo: jax.Array, backend: str) -> jax.Array:
-    """SwiGLU of assignments sorted by expert: xs [A, D], sizes [X'] (sum <= A; rows past the sum
-    come out as zeros), wi [X', D, 2, C], wo [X', C, D] -> [A, D] in xs's dtype; `backend` one of
-    config.MOE_MATMULS."""
-    X, D, _, C = wi.shape
-    h = grouped_matmul(xs, wi.reshape(X, D, 2 * C), sizes, backend).reshape(-1, 2, C)
-    return grouped_matmul(jax.nn.silu(h[:, 0]) * h[:, 1], wo, sizes, backend)
+    return weights * moe.routed_scaling_factor, experts.astype(jnp.int32)
 
 
 def routed_experts(x: jax.Array, weights: jax.Array, experts: jax.Array, wi: jax.Array, wo: jax.Array,
-                   cfg: ModelConfig) -> tuple[jax.Array, dict]:
+                   cfg: ModelConfig, run: RunConfig) -> tuple[jax.Array, dict]:
     """x [N, D], weights / experts [N, k], wi [X, D, 2, C], wo [X, C, D] -> ([N, D], stats), on one
     device's tokens and all X experts: sort the assignments by expert, one grouped matmul, unsort."""
     N, k = experts.shape
-    flat = experts.reshape(-1)
-    order = jnp.argsort(flat, stable=True)
-    sizes = jnp.bincount(flat, length=cfg.num_experts).astype(jnp.int32)
-    keep = _capacity_keep(flat[order], sizes, cfg, N)
-    y = grouped_ffn(x[order // k], sizes, wi, wo, cfg.moe_matmul)
+    X = cfg.moe.num_experts
+    order, sizes = experts_lib.sort_by_expert(experts, X)
+    kept = experts_lib.kept_counts(sizes, X, experts_lib.capacity(run.moe_capacity_factor, N * k, X))
+    sorted_experts = experts.reshape(-1)[order]
+    rank = jnp.arange(N * k) - (jnp.cumsum(sizes) - sizes)[sorted_experts]  # within its expert
+    keep = rank < kept[sorted_experts]
+    y = experts_lib.grouped_ffn(x[order // k], sizes, wi, wo, run.moe_matmul)
     y = jnp.where(keep[:, None], y, jnp.zeros((), y.dtype))
-    y = jnp.zeros_like(y).at[order].set(y).reshape(N, k, -1)  # back to (token, slot) order
-    out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(x.dtype)
+    out = experts_lib.combine(y, order, weights, x.dtype)
     return out, {"load": sizes.astype(jnp.float32), "dropped": jnp.sum(~keep).astype(jnp.float32)}
 
 
-def moe_block(h: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]:
+def moe_block(h: jax.Array, p: dict, cfg: ModelConfig, run: RunConfig) -> tuple[jax.Array, dict]:
     """h [B, T, D] (normed), p one layer's `moe` params -> (out [B, T, D], stats)."""
-    from glm_jax.model import expert_parallel  # imports this module's grouped_ffn
-
     B, T, D = h.shape
     x = h.reshape(B * T, D)
     with jax.named_scope("router"):
@@ -110,10 +91,10 @@ def moe_block(h: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, dict]
     with jax.named_scope("experts"):
         wi, wo = p["experts"]["wi"]["kernel"], p["experts"]["wo"]["kernel"]
         # experts split over the `expert` axis, or a Pallas kernel XLA cannot partition: per device
-        if expert_parallel.num_shards() > 1 or (cfg.moe_matmul == "megablox" and expert_parallel.on_a_mesh()):
-            out, stats = expert_parallel.routed_experts(x, weights, experts, wi, wo, cfg, (B, T))
+        if expert_parallel.num_shards() > 1 or (run.moe_matmul == "megablox" and expert_parallel.on_a_mesh()):
+            out, stats = expert_parallel.routed_experts(x, weights, experts, wi, wo, cfg, run, (B, T))
         else:
-            out, stats = routed_experts(x, weights, experts, wi, wo, cfg)
+            out, stats = routed_experts(x, weights, experts, wi, wo, cfg, run)
     out = out.reshape(B, T, D)
     if "shared" in p:
         with jax.named_scope("shared_experts"):

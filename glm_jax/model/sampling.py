@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, RunConfig
 from glm_jax.model import decode
 
 
@@ -54,22 +54,22 @@ def sample(logits: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "s"))
-def _prefill(params, tokens, lengths, cache, key, cfg: ModelConfig, s: Sampling):
-    logits, cache = decode.extend(params, tokens, cache, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "run", "s"))
+def _prefill(params, tokens, lengths, cache, key, cfg: ModelConfig, run: RunConfig, s: Sampling):
+    logits, cache = decode.extend(params, tokens, cache, cfg, run)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     return sample(last, key, s), decode.set_lengths(cache, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "s"), donate_argnums=(2,))
-def _step(params, token, cache, key, cfg: ModelConfig, s: Sampling):
-    logits, cache = decode.extend(params, token[:, None], cache, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "run", "s"), donate_argnums=(2,))
+def _step(params, token, cache, key, cfg: ModelConfig, run: RunConfig, s: Sampling):
+    logits, cache = decode.extend(params, token[:, None], cache, cfg, run)
     return sample(logits[:, 0], key, s), cache
 
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-             sampling: Sampling = Sampling(), stop_ids: Sequence[int] = (), key: jax.Array | None = None
-             ) -> list[list[int]]:
+             sampling: Sampling = Sampling(), stop_ids: Sequence[int] = (), key: jax.Array | None = None,
+             run: RunConfig = RunConfig()) -> list[list[int]]:
     """Returns each prompt's new tokens (up to and including a stop token)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -80,9 +80,9 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
     padded = np.zeros((len(prompts), lengths.max()), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
-    cache = decode.init_cache(cfg, len(prompts), int(lengths.max()) + max_new_tokens)
+    cache = decode.init_cache(cfg, len(prompts), int(lengths.max()) + max_new_tokens, run)
     key, sub = jax.random.split(key)
-    token, cache = _prefill(params, jnp.asarray(padded), jnp.asarray(lengths), cache, sub, cfg, sampling)
+    token, cache = _prefill(params, jnp.asarray(padded), jnp.asarray(lengths), cache, sub, cfg, run, sampling)
     stop = np.array(list(stop_ids), np.int32)
     out, done = [], np.zeros(len(prompts), bool)
     for i in range(max_new_tokens):
@@ -92,6 +92,6 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], m
         if done.all() or i == max_new_tokens - 1:
             break
         key, sub = jax.random.split(key)
-        token, cache = _step(params, token, cache, sub, cfg, sampling)
+        token, cache = _step(params, token, cache, sub, cfg, run, sampling)
     cols = np.stack(out, axis=1)
     return [[int(t) for t in row if t >= 0] for row in cols]

@@ -20,9 +20,9 @@ Parameter tree (letters: L layers, D hidden, H heads, K kv heads, E head dim, F 
 
 With `qk_norm` (GLM-4.5) every attention also has `attn.q_norm.scale`, `attn.k_norm.scale` [L, E].
 
-Mixture of experts (`num_experts` > 0, GLM-4.5 / GLM-4.5-Air; M = MoE layers, X experts, C each
+Mixture of experts (`moe.num_experts` > 0, GLM-4.5 / GLM-4.5-Air; M = MoE layers, X experts, C each
 expert's ffn, S = shared ffn = C x num_shared_experts). Two stacks, each under its own `lax.scan`:
-`layers` holds the `first_dense_layers` dense layers (absent when 0), `moe_layers` the M MoE layers
+`layers` holds the `moe.first_dense_layers` dense layers (absent when 0), `moe_layers` the M MoE layers
 (same attention, a MoE block in place of the MLP). Two stacks rather than one stack with a static
 schedule: the dense and MoE MLPs have different shapes, so one stack would carry both MLPs in every
 layer (wasting the dense MLP's 134M weights x 45 on Air) or pad; two scans cost one extra loop.
@@ -55,7 +55,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, MoEConfig
 
 LAYERS_AXIS = "layers"  # the logical axis of the stacked (scanned) layers
 INITIALIZERS = ("normal", "zeros", "ones")
@@ -103,12 +103,12 @@ def _layer_specs(cfg: ModelConfig, L: int | None, moe: bool) -> dict:
     layer = {"attn_norm": {"scale": spec((D,), (None,), "ones")}, "attn": attn,
              "mlp_norm": {"scale": spec((D,), (None,), "ones")}}
     if moe:
-        X = cfg.num_experts
+        X = cfg.moe.num_experts
         block = {"router": {"kernel": spec((D, X), ("embed", None), dtype=jnp.float32),
                             "bias": spec((X,), (None,), "zeros", dtype=jnp.float32)},
-                 "experts": mlp(cfg.moe_ffn_hidden_size, (X,))}
-        if cfg.num_shared_experts:
-            block["shared"] = mlp(cfg.moe_ffn_hidden_size * cfg.num_shared_experts)
+                 "experts": mlp(cfg.moe.ffn_hidden_size, (X,))}
+        if cfg.moe.num_shared_experts:
+            block["shared"] = mlp(cfg.moe.ffn_hidden_size * cfg.moe.num_shared_experts)
         layer["moe"] = block
     else:
         layer["mlp"] = mlp(cfg.ffn_hidden_size)
@@ -143,7 +143,7 @@ def param_specs(cfg: ModelConfig) -> dict:
     return tree
 
 
-def _is_spec(x) -> bool:
+def is_spec(x) -> bool:
     return isinstance(x, ParamSpec)
 
 
@@ -153,9 +153,10 @@ def _stacked_paths() -> frozenset[tuple[str, ...]]:
     # spec tree that has every optional leaf (biases, post-norms, QK-norm, both MoE stacks, MTP).
     full = ModelConfig(name="structure", vocab_size=8, hidden_size=8, num_layers=2, num_heads=1, kv_groups=1,
                        head_dim=2, ffn_hidden_size=8, rotary_fraction=1.0, qkv_bias=True, post_norms=True,
-                       qk_norm=True, num_experts=2, experts_per_token=1, moe_ffn_hidden_size=4, num_shared_experts=1,
-                       first_dense_layers=1, mtp_layers=1)
-    flat = jax.tree_util.tree_flatten_with_path(param_specs(full), is_leaf=_is_spec)[0]
+                       qk_norm=True, mtp_layers=1,
+                       moe=MoEConfig(num_experts=2, experts_per_token=1, ffn_hidden_size=4, num_shared_experts=1,
+                                     first_dense_layers=1))
+    flat = jax.tree_util.tree_flatten_with_path(param_specs(full), is_leaf=is_spec)[0]
     return frozenset(tuple(k.key for k in kp) for kp, s in flat if s.logical_axes[:1] == (LAYERS_AXIS,))
 
 
@@ -172,7 +173,7 @@ def param_count(cfg: ModelConfig, mtp: bool = True) -> int:
     specs = dict(param_specs(cfg))
     if not mtp:
         specs.pop("mtp", None)
-    return sum(math.prod(s.shape) for s in jax.tree.leaves(specs, is_leaf=_is_spec))
+    return sum(math.prod(s.shape) for s in jax.tree.leaves(specs, is_leaf=is_spec))
 
 
 def active_param_count(cfg: ModelConfig, mtp: bool = False) -> int:
@@ -182,25 +183,25 @@ def active_param_count(cfg: ModelConfig, mtp: bool = False) -> int:
     total = param_count(cfg, mtp)
     if not cfg.is_moe:
         return total
-    per_expert = 3 * cfg.hidden_size * cfg.moe_ffn_hidden_size
+    per_expert = 3 * cfg.hidden_size * cfg.moe.ffn_hidden_size
     moe_layers = cfg.num_moe_layers + (cfg.mtp_layers if mtp else 0)
-    return total - moe_layers * (cfg.num_experts - cfg.experts_per_token) * per_expert
+    return total - moe_layers * (cfg.moe.num_experts - cfg.moe.experts_per_token) * per_expert
 
 
 def abstract_params(cfg: ModelConfig) -> dict:
     """ShapeDtypeStruct tree of the parameters (for eval_shape / AOT lowering)."""
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), param_specs(cfg), is_leaf=_is_spec)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), param_specs(cfg), is_leaf=is_spec)
 
 
 def logical_axes(cfg: ModelConfig) -> dict:
     """Tree of logical-axis tuples, one per leaf."""
-    return jax.tree.map(lambda s: s.logical_axes, param_specs(cfg), is_leaf=_is_spec)
+    return jax.tree.map(lambda s: s.logical_axes, param_specs(cfg), is_leaf=is_spec)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     """Random parameters. Each leaf draws from `fold_in(key, leaf index)`, so the values do not
     depend on the mesh. Jit it with `out_shardings` to create the weights already sharded."""
-    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=_is_spec)
+    specs, treedef = jax.tree.flatten(param_specs(cfg), is_leaf=is_spec)
 
     def make(i, s: ParamSpec):
         if s.init == "zeros":
@@ -215,7 +216,7 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 def format_table(cfg: ModelConfig) -> str:
     """Per-leaf table (name, shape, logical axes, dtype) and the total, for the CLI."""
     rows = []
-    for path, s in jax.tree_util.tree_flatten_with_path(param_specs(cfg), is_leaf=_is_spec)[0]:
+    for path, s in jax.tree_util.tree_flatten_with_path(param_specs(cfg), is_leaf=is_spec)[0]:
         name = ".".join(p.key for p in path)
         rows.append((name, "x".join(map(str, s.shape)), ",".join(a or "-" for a in s.logical_axes),
                      jnp.dtype(s.dtype).name, math.prod(s.shape)))

@@ -4,11 +4,14 @@ With `cfg.post_norms` (GLM-4-0414) each sublayer's output is RMS-normed again be
 add: x + norm(attn(norm(x))), then x + norm(mlp(norm(x))) (transformers' Glm4: post_self_attn_layernorm,
 post_mlp_layernorm).
 
-    forward(params, tokens, cfg, positions=None, segment_ids=None) -> logits [B, T, V] fp32
+    forward(params, tokens, cfg, run=RunConfig(), positions=None, segment_ids=None) -> logits [B, T, V] fp32
+
+`cfg` (config.ModelConfig) is the architecture; `run` (config.RunConfig) how it runs: the attention
+backend, the compute dtype, scan, remat and the experts' matmul and dispatch.
 
 Letters: B batch, T sequence, D hidden, H heads, K kv heads, E head dim, F ffn, V vocab.
-The stacked layers run under `lax.scan` (or a Python loop with `cfg.scan_layers=False`: same
-numbers, longer compile). `cfg.remat` picks what the backward pass recomputes; block outputs
+The stacked layers run under `lax.scan` (or a Python loop with `run.scan_layers=False`: same
+numbers, longer compile). `run.remat` picks what the backward pass recomputes; block outputs
 are tagged with `checkpoint_name` ("attn_out", "mlp_out") for the named policy.
 """
 
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from glm_jax.config import ModelConfig
+from glm_jax.config import ModelConfig, RunConfig
 from glm_jax.kernels import context_parallel
 from glm_jax.model.attention import attention
 from glm_jax.model.layers import rms_norm, rotary, rotary_tables, swiglu_mlp
@@ -38,7 +41,8 @@ def _remat_policy(name: str):
     }[name]
 
 
-def sublayers(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Callable, cfg: ModelConfig):
+def sublayers(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Callable, cfg: ModelConfig,
+              run: RunConfig):
     """One GLM layer. x [B, T, D]; `layer` is one slice of params["layers"] or params["moe_layers"]
     (no L axis), or the MTP block.
 
@@ -72,7 +76,7 @@ def sublayers(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend:
     with jax.named_scope("moe" if "moe" in layer else "mlp"):
         h = rms_norm(x, layer["mlp_norm"]["scale"], cfg.rms_norm_eps)
         if "moe" in layer:
-            out, stats = moe_block(h, layer["moe"], cfg)
+            out, stats = moe_block(h, layer["moe"], cfg, run)
         else:
             out = swiglu_mlp(h, layer["mlp"]["wi"]["kernel"], layer["mlp"]["wo"]["kernel"])
         if cfg.post_norms:
@@ -81,16 +85,17 @@ def sublayers(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend:
     return x, aux, stats
 
 
-def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Callable, cfg: ModelConfig):
+def block(x: jax.Array, layer: dict, cos: jax.Array, sin: jax.Array, attend: Callable, cfg: ModelConfig,
+          run: RunConfig):
     """`sublayers` without the MoE stats: (x, aux). Used by decoding."""
-    x, aux, _ = sublayers(x, layer, cos, sin, attend, cfg)
+    x, aux, _ = sublayers(x, layer, cos, sin, attend, cfg, run)
     return x, aux
 
 
-def embed(params: dict, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """tokens [B, T] -> [B, T, D] in cfg.dtype."""
+def embed(params: dict, tokens: jax.Array, run: RunConfig) -> jax.Array:
+    """tokens [B, T] -> [B, T, D] in run.dtype."""
     with jax.named_scope("embed"):
-        return constrain(embed_lookup(params["embed"]["embedding"].astype(cfg.jnp_dtype), tokens), _ACT)
+        return constrain(embed_lookup(params["embed"]["embedding"].astype(run.jnp_dtype), tokens), _ACT)
 
 
 def output_logits(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -106,9 +111,9 @@ def logits_from_hidden(params: dict, x: jax.Array) -> jax.Array:
     return output_logits(x, params["output"]["kernel"])
 
 
-def _run_stack(x: jax.Array, stack: dict, n: int, layer_fn: Callable, cfg: ModelConfig):
+def _run_stack(x: jax.Array, stack: dict, n: int, layer_fn: Callable, run: RunConfig):
     """Runs the n stacked layers of `stack` over x: (x, stats stacked [n, ...] or None)."""
-    if cfg.scan_layers:
+    if run.scan_layers:
         return jax.lax.scan(layer_fn, x, stack)
     stats = []
     for i in range(n):
@@ -117,7 +122,7 @@ def _run_stack(x: jax.Array, stack: dict, n: int, layer_fn: Callable, cfg: Model
     return x, (None if stats[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *stats))
 
 
-def _prepare(tokens, cfg, positions, segment_ids):
+def _prepare(tokens, positions, segment_ids):
     B, T = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
@@ -129,48 +134,50 @@ def _prepare(tokens, cfg, positions, segment_ids):
     return tokens, positions, segment_ids, shards
 
 
-def _layer_fn(cos, sin, segment_ids, cfg):
+def _layer_fn(cos, sin, segment_ids, cfg, run):
     def attend(q, k, v):
-        return attention(q, k, v, segment_ids, cfg), None
+        return attention(q, k, v, segment_ids, run), None
 
     def layer_fn(x, layer):
-        x, _, stats = sublayers(x, layer, cos, sin, attend, cfg)
+        x, _, stats = sublayers(x, layer, cos, sin, attend, cfg, run)
         return x, stats
 
-    if cfg.remat != "none":
-        layer_fn = jax.checkpoint(layer_fn, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+    if run.remat != "none":
+        layer_fn = jax.checkpoint(layer_fn, policy=_remat_policy(run.remat), prevent_cse=not run.scan_layers)
     return layer_fn
 
 
-def hidden_states_and_stats(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
-                            segment_ids: jax.Array | None = None, mtp_tokens: jax.Array | None = None):
-    """tokens [B, T] -> (final-normed hidden states [B, T, D] in cfg.dtype, stats).
+def hidden_states_and_stats(params: dict, tokens: jax.Array, cfg: ModelConfig, run: RunConfig = RunConfig(),
+                            positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                            mtp_tokens: jax.Array | None = None):
+    """tokens [B, T] -> (final-normed hidden states [B, T, D] in run.dtype, stats).
 
     stats: {"moe_layers": {"load": [M, X], "dropped": [M]}} for MoE models ({} for dense ones), and
     with `mtp_tokens` [B, T] (the token after each position, e.g. the targets) and an MTP module,
     "mtp_hidden": the MTP module's head-normed hidden states [B, T, D] (predicting the token two
     ahead) and "mtp": its block's routing stats."""
-    tokens, positions, segment_ids, shards = _prepare(tokens, cfg, positions, segment_ids)
+    tokens, positions, segment_ids, shards = _prepare(tokens, positions, segment_ids)
     cos, sin = rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
-    layer_fn = _layer_fn(cos, sin, segment_ids, cfg)
-    x = embed(params, tokens, cfg)
+    layer_fn = _layer_fn(cos, sin, segment_ids, cfg, run)
+    x = embed(params, tokens, run)
     stats = {}
     if "layers" in params:
-        x, _ = _run_stack(x, params["layers"], cfg.num_dense_layers, layer_fn, cfg)
+        x, _ = _run_stack(x, params["layers"], cfg.num_dense_layers, layer_fn, run)
     if "moe_layers" in params:
-        x, stats["moe_layers"] = _run_stack(x, params["moe_layers"], cfg.num_moe_layers, layer_fn, cfg)
+        x, stats["moe_layers"] = _run_stack(x, params["moe_layers"], cfg.num_moe_layers, layer_fn, run)
     x = rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
     if mtp_tokens is not None and "mtp" in params:
         if shards > 1:
             mtp_tokens = context_parallel.to_layout(mtp_tokens, shards)
-        h, stats["mtp"] = mtp_hidden(params["mtp"], x, mtp_tokens, layer_fn, cfg)
+        h, stats["mtp"] = mtp_hidden(params["mtp"], x, mtp_tokens, layer_fn, cfg, run)
         stats["mtp_hidden"] = constrain(context_parallel.from_layout(h, shards), _ACT) if shards > 1 else h
     if shards > 1:
         x = constrain(context_parallel.from_layout(x, shards), _ACT)
     return x, stats
 
 
-def mtp_hidden(p: dict, x: jax.Array, next_tokens: jax.Array, layer_fn: Callable, cfg: ModelConfig):
+def mtp_hidden(p: dict, x: jax.Array, next_tokens: jax.Array, layer_fn: Callable, cfg: ModelConfig,
+               run: RunConfig):
     """The multi-token-prediction module (DeepSeek-V3's MTP as GLM-4.5 releases it; vLLM's
     Glm4MoeMultiTokenPredictorLayer): position t combines the main model's final-normed hidden
     state h_t [B, T, D] with the embedding of the next token x_{t+1} (`next_tokens` [B, T]):
@@ -178,7 +185,7 @@ def mtp_hidden(p: dict, x: jax.Array, next_tokens: jax.Array, layer_fn: Callable
     per-segment attention) and RMS-norms the result; its logits (`mtp.output`) predict x_{t+2}.
     Returns (hidden [B, T, D], the block's routing stats or None)."""
     with jax.named_scope("mtp"):
-        dt = cfg.jnp_dtype
+        dt = run.jnp_dtype
         e = constrain(embed_lookup(p["embed"]["embedding"].astype(dt), next_tokens), _ACT)
         e = rms_norm(e, p["enorm"]["scale"], cfg.rms_norm_eps)
         h = rms_norm(x, p["hnorm"]["scale"], cfg.rms_norm_eps)
@@ -188,16 +195,16 @@ def mtp_hidden(p: dict, x: jax.Array, next_tokens: jax.Array, layer_fn: Callable
         return rms_norm(y, p["head_norm"]["scale"], cfg.rms_norm_eps), stats
 
 
-def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
-                  segment_ids: jax.Array | None = None) -> jax.Array:
-    """tokens [B, T] -> final-normed hidden states [B, T, D] in cfg.dtype."""
-    return hidden_states_and_stats(params, tokens, cfg, positions, segment_ids)[0]
+def hidden_states(params: dict, tokens: jax.Array, cfg: ModelConfig, run: RunConfig = RunConfig(),
+                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+    """tokens [B, T] -> final-normed hidden states [B, T, D] in run.dtype."""
+    return hidden_states_and_stats(params, tokens, cfg, run, positions, segment_ids)[0]
 
 
-def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None,
-            segment_ids: jax.Array | None = None) -> jax.Array:
+def forward(params: dict, tokens: jax.Array, cfg: ModelConfig, run: RunConfig = RunConfig(),
+            positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     positions [B, T] (default 0..T-1) feed the rotary tables; segment_ids [B, T] (default one
     segment) restrict attention to tokens of the same packed document."""
-    return logits_from_hidden(params, hidden_states(params, tokens, cfg, positions, segment_ids))
+    return logits_from_hidden(params, hidden_states(params, tokens, cfg, run, positions, segment_ids))

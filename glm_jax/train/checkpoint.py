@@ -193,8 +193,8 @@ def write_stages(workdir: str, stages: list[tuple[str, Config]]) -> None:
 
 def _parse_stages(d: dict) -> list[tuple[str, Config]]:
     if "stages" not in d:
-        return [("params", config_lib.from_config_dict(d))]
-    return [(s["name"], config_lib.from_config_dict(s["config"])) for s in d["stages"]]
+        return [("params", config_lib.from_config_dict(config_lib.upgrade_recorded(d)))]
+    return [(s["name"], config_lib.from_config_dict(config_lib.upgrade_recorded(s["config"]))) for s in d["stages"]]
 
 
 def read_stages(workdir: str) -> list[tuple[str, Config]]:

@@ -50,7 +50,7 @@ def segment_sums(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
 
 def sequence_logprobs(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, jax.Array]:
     """(sum of log p(target) under loss_mask, counted targets), each [B, T + 1] fp32 by segment id."""
-    x = hidden_states(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
+    x = hidden_states(params, batch["tokens"], cfg.model, cfg.run, batch["positions"], batch["segment_ids"])
     logp = loss_lib.tiled_token_logprobs(output_logits, x, params["output"]["kernel"], batch["targets"],
                                          cfg.train.loss_chunk)
     mask = batch["loss_mask"].astype(jnp.float32)

@@ -31,14 +31,10 @@ import time
 
 import jax
 
-from glm_jax import storage
+from glm_jax import accelerators, storage
 from glm_jax.config import Config, ModelConfig
 from glm_jax.model import spec
 
-# Peak dense bf16 TFLOP/s per chip, by jax `device_kind`.
-PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
-               "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0}
-DEVICES_PER_CHIP = {"TPU7x": 2}  # Ironwood's two TensorCores are two JAX devices
 CHUNK_ROWS = 1000
 
 
@@ -51,11 +47,11 @@ def train_flops_per_token(m: ModelConfig, seq_len: int) -> float:
 
 
 def peak_flops_per_device(cfg: Config, device_kind: str) -> float | None:
-    """FLOP/s of one device: `train.peak_tflops`, else the table above, else None (MFU not shown)."""
+    """FLOP/s of one device: `train.peak_tflops`, else glm_jax.accelerators', else None (MFU not shown)."""
     if cfg.train.peak_tflops:
         return cfg.train.peak_tflops * 1e12
-    tflops = PEAK_TFLOPS.get(device_kind)
-    return tflops * 1e12 / DEVICES_PER_CHIP.get(device_kind, 1) if tflops else None
+    chip = accelerators.lookup(device_kind)
+    return chip.peak_flops_per_device if chip else None
 
 
 def read_rows(workdir: str) -> list[dict]:

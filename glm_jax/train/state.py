@@ -4,7 +4,7 @@
 step numbers are unique within a workdir.
 
 Mixed precision: the state always holds fp32 master params and fp32 Adam moments; bf16 compute
-is `model.dtype=bfloat16` (every matmul casts its weight to it; norms, softmax, rotary and the
+is `run.dtype=bfloat16` (every matmul casts its weight to it; norms, softmax, rotary and the
 loss stay fp32). `model.param_dtype` other than float32 is refused for training: it would store
 the weights and the moments in bf16 with no master copy, where an update smaller than 2^-8 of a
 weight rounds away. Keeping an fp32 master under `param_dtype=bfloat16` instead would compute
@@ -51,7 +51,7 @@ def require_fp32_master(cfg: Config) -> None:
         raise ConfigError("model.param_dtype",
                           f"{cfg.model.param_dtype!r} would train {cfg.model.param_dtype} weights and Adam moments "
                           f"with no fp32 master copy (updates below 2^-8 of a weight are lost); training keeps "
-                          f"param_dtype=float32 and computes in bf16 with model.dtype=bfloat16")
+                          f"param_dtype=float32 and computes in bf16 with run.dtype=bfloat16")
 
 
 def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:

@@ -57,8 +57,8 @@ def loss_sums(params: dict, batch: dict, cfg: Config) -> tuple[jax.Array, dict]:
     micro-batches add up exactly). `stats` are the MoE routing stats (loads, drops) that the
     balancing update reads."""
     use_mtp = bool(cfg.model.mtp_layers) and cfg.train.mtp_loss_weight > 0
-    x, stats = hidden_states_and_stats(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"],
-                                       mtp_tokens=batch["targets"] if use_mtp else None)
+    x, stats = hidden_states_and_stats(params, batch["tokens"], cfg.model, cfg.run, batch["positions"],
+                                       batch["segment_ids"], mtp_tokens=batch["targets"] if use_mtp else None)
     w = loss_lib.token_weights(batch["loss_mask"], batch["segment_ids"], cfg.train.loss_weighting)
     sums = loss_lib.tiled_cross_entropy_sums(output_logits, x, params["output"]["kernel"], batch["targets"], w,
                                              cfg.train.z_loss, cfg.train.loss_chunk)

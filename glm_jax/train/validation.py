@@ -1,7 +1,9 @@
-"""Every cross-field check of a run, in one place, before anything is loaded or compiled.
+"""Every cross-field check of a run, called in one place, before anything is loaded or compiled.
 
 Single fields are checked where the config is parsed (glm_jax/config.py). What needs more than
-one field, the devices, the process count or the workdir is checked here:
+one field, the devices, the process count or the workdir is checked here; a rule that code at
+trace time relies on is stated once beside that code and called from here too
+(`attention.check_backend`, `expert_parallel.check_dispatch_tokens`):
 
     check_run(stages, workdir, num_devices=, num_processes=)   the train CLI / loop
     check_stage(cfg, mesh_sizes, num_processes=)               one stage on a mesh (also aot)
@@ -12,29 +14,18 @@ run has stages), or a `StorageError` naming the path.
 
 from __future__ import annotations
 
-import dataclasses
+import jax
 
+from glm_jax import config as config_lib
 from glm_jax import sharding, storage
-from glm_jax.config import Config, ConfigError
+from glm_jax.config import Config, ConfigError, ModelConfig
+from glm_jax.model import attention, expert_parallel, spec
 from glm_jax.train import checkpoint as ckpt_lib
-
-# Fields a resumed run may change: how it runs, not what it computes (parallelism, logging,
-# checkpoint cadence, kernels with the same numbers, data reader threads, steps to go).
-RESUMABLE_CHANGES = {
-    "mesh": None,  # every field
-    "checkpoint": None,
-    "train": {"steps", "log_every", "peak_tflops"},
-    "model": {"attention", "attention_block_q", "attention_block_kv", "attention_interpret", "scan_layers", "remat"},
-    "data": {"num_workers", "read_threads", "cache_dir"},
-}
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "kv_groups", "head_dim", "ffn_hidden_size",
-                "qkv_bias", "post_norms", "qk_norm", "num_experts", "moe_ffn_hidden_size", "num_shared_experts",
-                "first_dense_layers", "mtp_layers")
 
 
 def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1) -> None:
     """Does the model and batch divide over the mesh, and can every process be fed?"""
-    m, t = cfg.model, cfg.train
+    m, r, t = cfg.model, cfg.run, cfg.train
     if m.num_heads % mesh_sizes["tensor"]:
         raise ConfigError("mesh.tensor", f"model.num_heads={m.num_heads} is not divisible by the tensor axis "
                           f"({mesh_sizes['tensor']}); use a tensor size that divides it")
@@ -43,16 +34,16 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
             raise ConfigError("mesh.tensor", f"model.{field}={dim} is not divisible by the tensor axis "
                               f"({mesh_sizes['tensor']})")
     if m.is_moe:
-        if m.num_experts % mesh_sizes["expert"]:
-            raise ConfigError("mesh.expert", f"model.num_experts={m.num_experts} is not divisible by the expert axis "
-                              f"({mesh_sizes['expert']}); valid: "
-                              f"{[e for e in range(1, m.num_experts + 1) if m.num_experts % e == 0]}")
-        if m.moe_ffn_hidden_size % mesh_sizes["tensor"]:
-            raise ConfigError("mesh.tensor", f"model.moe_ffn_hidden_size={m.moe_ffn_hidden_size} is not divisible "
+        X = m.moe.num_experts
+        if X % mesh_sizes["expert"]:
+            raise ConfigError("mesh.expert", f"model.moe.num_experts={X} is not divisible by the expert axis "
+                              f"({mesh_sizes['expert']}); valid: {[e for e in range(1, X + 1) if X % e == 0]}")
+        if m.moe.ffn_hidden_size % mesh_sizes["tensor"]:
+            raise ConfigError("mesh.tensor", f"model.moe.ffn_hidden_size={m.moe.ffn_hidden_size} is not divisible "
                               f"by the tensor axis ({mesh_sizes['tensor']})")
     elif mesh_sizes["expert"] > 1:
         raise ConfigError("mesh.expert", f"is {mesh_sizes['expert']} but config {m.name!r} has no experts "
-                          f"(model.num_experts=0); leave mesh.expert=1")
+                          f"(model.moe.num_experts=0); leave mesh.expert=1")
     if m.hidden_size % mesh_sizes["fsdp"]:
         raise ConfigError("mesh.fsdp", f"model.hidden_size={m.hidden_size} is not divisible by the fsdp axis "
                           f"({mesh_sizes['fsdp']})")
@@ -63,31 +54,25 @@ def check_stage(cfg: Config, mesh_sizes: dict[str, int], num_processes: int = 1)
                           f"by data x fsdp x expert = {rows}; use a multiple of {rows * t.grad_accum}, or move devices "
                           f"to mesh.sequence / mesh.tensor (rows may then span processes: "
                           f"{num_processes} process(es) here)")
-    tokens = micro // rows * t.seq_len // mesh_sizes["sequence"]  # a device's tokens in one micro-batch
-    if m.is_moe and mesh_sizes["expert"] > 1 and 0 < m.moe_dispatch_tokens < tokens and tokens % m.moe_dispatch_tokens:
-        raise ConfigError("model.moe_dispatch_tokens", f"{m.moe_dispatch_tokens} must divide the {tokens} tokens "
-                          f"each device holds (micro-batch rows x seq_len per device); valid: "
-                          f"{[d for d in range(1, tokens + 1) if tokens % d == 0][-8:]} or 0 (all at once)")
-    block = m.attention_block_q if m.attention in ("flash", "splash") else 1  # the Pallas kernels tile queries
-    # Context parallelism cuts the sequence into 2 chunks per sequence shard (load balancing).
-    chunks = 2 * mesh_sizes["sequence"] if mesh_sizes["sequence"] > 1 else 1
-    if t.seq_len % (chunks * block):
-        raise ConfigError("train.seq_len", f"seq_len={t.seq_len} must be a multiple of {chunks * block}: "
-                          f"{'2 x sequence axis (' + str(mesh_sizes['sequence']) + ')' if chunks > 1 else '1'} "
-                          f"x attention block ({block})")
-    if mesh_sizes["sequence"] > 1 and m.attention in ("splash", "dot_product"):
-        raise ConfigError("model.attention", f"{m.attention} has no context-parallel path; use flash or reference "
-                          f"with mesh.sequence > 1")
+    if m.is_moe and mesh_sizes["expert"] > 1:
+        tokens = micro // rows * t.seq_len // mesh_sizes["sequence"]  # a device's tokens in one micro-batch
+        expert_parallel.check_dispatch_tokens(r.moe_dispatch_tokens, tokens)
+    attention.check_backend(r, t.seq_len, mesh_sizes["sequence"])
 
 
 def _changed_fields(old: Config, new: Config) -> list[str]:
-    changed = []
-    for section in ("model", "mesh", "train", "checkpoint", "data", "dpo"):
-        a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
-        allowed = RESUMABLE_CHANGES.get(section, set())
-        changed += [f"{section}.{k} ({a[k]!r} there, {b[k]!r} now)" for k in a
-                    if a[k] != b[k] and allowed is not None and k not in allowed]
-    return changed
+    return [f"{name} ({a!r} there, {b!r} now)" for name, (a, b) in config_lib.differences(old, new).items()
+            if not config_lib.is_resumable(name)]
+
+
+def _param_shape_differences(src: ModelConfig, dst: ModelConfig) -> str:
+    """'' when both models have the same parameter tree and shapes (the spec trees, no weights);
+    else which model fields and parameters differ."""
+    shapes = [jax.tree.map(lambda s: s.shape, spec.param_specs(c), is_leaf=spec.is_spec) for c in (src, dst)]
+    if shapes[0] == shapes[1]:
+        return ""
+    fields = [f"{k} ({a} there, {b} here)" for k, (a, b) in config_lib.differences(src, dst, "model").items()]
+    return ", ".join(fields) or "the parameter shapes"
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -97,7 +82,8 @@ def _has_checkpoints(workdir: str) -> bool:
 
 def check_same_run(workdir: str, stages: list[tuple[str, Config]]) -> None:
     """A workdir holding another run's config.json is refused: resuming it with a different model,
-    data or optimizer would mix two runs. Stages may be appended; only RESUMABLE_CHANGES may differ.
+    data or optimizer would mix two runs. Stages may be appended; only resumable fields
+    (`config.is_resumable`: the run, mesh and checkpoint sections and a few declared fields) may differ.
     A workdir without any checkpoint yet takes the new config."""
     recorded = ckpt_lib.read_stages_if_any(workdir)
     if recorded is None or not _has_checkpoints(workdir):  # nothing trained yet: nothing to mix up
@@ -121,11 +107,9 @@ def check_init_from(cfg: Config) -> None:
     if not ckpt_lib.is_params_checkpoint(path):
         raise ConfigError("train.init_from", f"{path!r} is not a params-only checkpoint "
                           f"(expected {storage.join(path, 'params')}, written by checkpoint.save_params)")
-    src = ckpt_lib.read_stages(path)[-1][1].model
-    differ = sorted(f for f in SHAPE_FIELDS if getattr(src, f) != getattr(cfg.model, f))
+    differ = _param_shape_differences(ckpt_lib.read_stages(path)[-1][1].model, cfg.model)
     if differ:
-        raise ConfigError("train.init_from", f"{path} holds a model that differs in "
-                          + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
+        raise ConfigError("train.init_from", f"{path} holds a model whose parameters differ from this one's: {differ}")
 
 
 def check_reference(cfg: Config, first: bool) -> None:
@@ -144,10 +128,9 @@ def check_reference(cfg: Config, first: bool) -> None:
         src = ckpt_lib.read_stages(path)[-1][1].model
     except FileNotFoundError as e:
         raise ConfigError("dpo.reference", f"{path!r}: {e}") from None
-    differ = sorted(f for f in SHAPE_FIELDS if getattr(src, f) != getattr(cfg.model, f))
+    differ = _param_shape_differences(src, cfg.model)
     if differ:
-        raise ConfigError("dpo.reference", f"{path} holds a model that differs in "
-                          + ", ".join(f"{f} ({getattr(src, f)} there, {getattr(cfg.model, f)} here)" for f in differ))
+        raise ConfigError("dpo.reference", f"{path} holds a model whose parameters differ from this one's: {differ}")
 
 
 def check_stages(stages: list[tuple[str, Config]], *, num_devices: int, num_processes: int) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from glm_jax import model, sharding
-from glm_jax.config import MeshConfig
+from glm_jax.config import MeshConfig, RunConfig
 from glm_jax.kernels import context_parallel
-from tests.conftest import replace, tiny_model
+from tests.conftest import tiny_model
 
 
 def test_layout_balances_causal_work_and_round_trips():
@@ -31,7 +31,7 @@ def test_layout_balances_causal_work_and_round_trips():
     ids=["seq4xfsdp2", "seq8", "seq4xtp2", "flash-seq4xfsdp2", "flash-seq8"])
 def test_forward_and_gradients_equal_single_shard_with_packing(backend, mesh_cfg):
     # blocks of 8 tile the 64 / (2 x 4) and 64 / (2 x 8) token chunks of each shard
-    cfg = tiny_model(attention=backend, attention_block_q=8, attention_block_kv=8)
+    cfg, run = tiny_model(), RunConfig(attention=backend, attention_block_q=8, attention_block_kv=8)
     params = model.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
     # two packed documents whose boundary (20) falls inside a context-parallel chunk
@@ -39,18 +39,18 @@ def test_forward_and_gradients_equal_single_shard_with_packing(backend, mesh_cfg
     positions = jnp.broadcast_to(jnp.concatenate([jnp.arange(20), jnp.arange(44)]), (2, 64))
 
     def loss(p):
-        logits = model.forward(p, tokens, cfg, positions=positions, segment_ids=segment_ids)
+        logits = model.forward(p, tokens, cfg, run, positions=positions, segment_ids=segment_ids)
         return (jax.nn.log_softmax(logits) * jax.nn.one_hot(jnp.roll(tokens, -1, 1), cfg.vocab_size)).sum()
 
-    want_logits = model.forward(params, tokens, cfg, positions=positions, segment_ids=segment_ids)
+    want_logits = model.forward(params, tokens, cfg, run, positions=positions, segment_ids=segment_ids)
     want_grads = jax.grad(loss)(params)
-    ref = model.forward(params, tokens, replace(cfg, attention="reference"), positions=positions,
+    ref = model.forward(params, tokens, cfg, RunConfig(), positions=positions,
                         segment_ids=segment_ids)
     np.testing.assert_allclose(want_logits, ref, atol=2e-5)  # one shard: every backend agrees
     mesh = sharding.make_mesh(mesh_cfg)
     with jax.set_mesh(mesh):
         sp = jax.device_put(params, sharding.tree_shardings(mesh, model.param_specs(cfg)))
-        logits = jax.jit(lambda p: model.forward(p, tokens, cfg, positions=positions, segment_ids=segment_ids))(sp)
+        logits = jax.jit(lambda p: model.forward(p, tokens, cfg, run, positions=positions, segment_ids=segment_ids))(sp)
         grads = jax.jit(jax.grad(loss))(sp)
         hlo = jax.jit(jax.grad(loss)).lower(sp).compile().as_text()
     assert "all-gather" in hlo

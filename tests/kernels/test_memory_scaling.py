@@ -10,9 +10,9 @@ import pytest
 from glm_jax import model
 
 
-def _temp_bytes(cfg, seq_len):
+def _temp_bytes(cfg, run, seq_len):
     def loss(p, tokens):
-        return model.forward(p, tokens, cfg).mean()
+        return model.forward(p, tokens, cfg, run).mean()
 
     tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
     compiled = jax.jit(jax.grad(loss)).lower(model.abstract_params(cfg), tokens).compile()
@@ -24,8 +24,8 @@ def _temp_bytes(cfg, seq_len):
     ("reference", (4096, 8192), (3.5, 4.5)),            # x4 per doubling: O(T^2)
 ])
 def test_fwd_bwd_memory_growth(debug_cfg, backend, lengths, growth):
-    cfg = dataclasses.replace(debug_cfg.model, attention=backend, attention_block_q=512, attention_block_kv=512,
+    run = dataclasses.replace(debug_cfg.run, attention=backend, attention_block_q=512, attention_block_kv=512,
                               remat="full")
-    temps = [_temp_bytes(cfg, n) for n in lengths]
+    temps = [_temp_bytes(debug_cfg.model, run, n) for n in lengths]
     ratios = [b / a for a, b in zip(temps, temps[1:])]
     assert all(growth[0] <= r <= growth[1] for r in ratios), (backend, temps, ratios)

@@ -78,7 +78,7 @@ def compile_train_steps(devices):
     # two rows (not 8): libtpu's compile time grows with the tokens; the kernels' tiling does not
     cfg = config.load(os.path.join(REPO, "configs", "debug.py"), ["mesh.tensor=2", "train.batch_size=2"])
     for backend in ("flash", "splash"):
-        compiled, _ = aot.compile_train_step(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=backend)),
+        compiled, _ = aot.compile_train_step(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, attention=backend)),
                                              list(devices))
         # the kernels must be Mosaic custom calls, not the interpreter
         assert "tpu_custom_call" in compiled.as_text(), f"{backend}: no Mosaic kernel in the compiled step"

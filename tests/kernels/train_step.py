@@ -21,12 +21,12 @@ def batch_from(tokens, segment_ids):
 
 
 def jitted_step(model_cfg, mesh, batch_shape):
-    """jit of (params, tokens, segment_ids, model_cfg) -> (mean loss, grads of the summed loss)."""
+    """jit of (params, tokens, segment_ids, run config) -> (mean loss, grads of the summed loss)."""
     p_shard = tree_shardings(mesh, model.param_specs(model_cfg))
     d_shard = sharding_for(mesh, batch_shape, ("batch", "seq"))
 
-    def step(params, tokens, segment_ids, m):
-        grads, sums = grads_and_sums(params, batch_from(tokens, segment_ids), config.Config(model=m))
+    def step(params, tokens, segment_ids, run):
+        grads, sums = grads_and_sums(params, batch_from(tokens, segment_ids), config.Config(model=model_cfg, run=run))
         return sums["ce"] / sums["weight"], grads
 
     return jax.jit(step, static_argnums=3, in_shardings=(p_shard, d_shard, d_shard), out_shardings=(None, p_shard))

@@ -1,7 +1,5 @@
-"""`model.attention=dot_product` (jax.nn.dot_product_attention; XLA on CPU, cuDNN on NVIDIA GPUs)
+"""`run.attention=dot_product` (jax.nn.dot_product_attention; XLA on CPU, cuDNN on NVIDIA GPUs)
 computes the reference backend's numbers: causal, grouped-query, packed segments."""
-
-import dataclasses
 
 import numpy as np
 
@@ -9,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from glm_jax import model
-from glm_jax.config import MeshConfig
+from glm_jax.config import ConfigError, MeshConfig, RunConfig
 from glm_jax.model.attention import dot_product_attention, reference_attention
 from glm_jax.sharding import make_mesh
 from tests.conftest import tiny_model
@@ -50,18 +48,18 @@ def test_model_with_dot_product_backend_equals_reference_on_a_sharded_mesh():
     seg = jnp.asarray(np.repeat([[1] * 12 + [2] * 20], 4, 0), jnp.int32)
     ref = model.forward(params, tokens, cfg, segment_ids=seg)
     mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
-    dp = dataclasses.replace(cfg, attention="dot_product")
+    dp = RunConfig(attention="dot_product")
     with jax.set_mesh(mesh):
-        out = jax.jit(lambda p, t, s: model.forward(p, t, dp, segment_ids=s))(params, tokens, seg)
+        out = jax.jit(lambda p, t, s: model.forward(p, t, cfg, dp, segment_ids=s))(params, tokens, seg)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_dot_product_with_context_parallelism_is_refused_naming_the_field():
     import pytest
 
-    cfg = tiny_model(attention="dot_product")
+    cfg, run = tiny_model(), RunConfig(attention="dot_product")
     params = model.init_params(cfg, jax.random.key(1))
     tokens = jnp.zeros((2, 32), jnp.int32)
     with jax.set_mesh(make_mesh(MeshConfig(fsdp=2, sequence=4))):
-        with pytest.raises(ValueError, match=r"model.attention='dot_product' has no context-parallel path"):
-            jax.eval_shape(lambda p, t: model.forward(p, t, cfg), params, tokens)
+        with pytest.raises(ConfigError, match=r"run.attention.*'dot_product' has no context-parallel path"):
+            jax.eval_shape(lambda p, t: model.forward(p, t, cfg, run), params, tokens)

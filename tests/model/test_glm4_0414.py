@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from glm_jax import config, model
+from glm_jax.config import RunConfig
 from glm_jax.convert import keymap
 from glm_jax.model import spec
 from tests.conftest import REPO, replace, tiny_model
@@ -87,7 +88,7 @@ def test_fp32_logits_match_without_bias_and_mqa():
 def test_bf16_activations_close_to_transformers_fp32_glm4(glm4_gqa):
     cfg, hf, params = glm4_gqa
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
-    ours = np.asarray(model.forward(params, tokens, replace(cfg, dtype="bfloat16")))
+    ours = np.asarray(model.forward(params, tokens, cfg, RunConfig(dtype="bfloat16")))
     theirs = hf_logits(hf, tokens)
     rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
     assert rel <= BF16_REL_TOL, rel
@@ -97,10 +98,10 @@ def test_bf16_activations_close_to_transformers_fp32_glm4(glm4_gqa):
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scan_and_unrolled_layers_agree_glm4(glm4_gqa, remat):
     cfg, _, params = glm4_gqa
-    cfg = replace(cfg, remat=remat)
+    run = RunConfig(remat=remat)
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, cfg.vocab_size)
-    np.testing.assert_allclose(model.forward(params, tokens, cfg),
-                               model.forward(params, tokens, replace(cfg, scan_layers=False)), atol=1e-5)
+    np.testing.assert_allclose(model.forward(params, tokens, cfg, run),
+                               model.forward(params, tokens, cfg, replace(run, scan_layers=False)), atol=1e-5)
 
 
 def test_packed_sequences_equal_separate_runs_glm4(glm4_gqa):
@@ -120,8 +121,8 @@ def test_attention_backends_agree_glm4(glm4_gqa, backend):
     tokens = jax.random.randint(jax.random.key(4), (2, 128), 0, cfg.vocab_size)
     ref = model.forward(params, tokens, cfg)
     blocks = 128 if backend == "splash" else 32
-    other = replace(cfg, attention=backend, attention_block_q=blocks, attention_block_kv=blocks)
-    np.testing.assert_allclose(model.forward(params, tokens, other), ref, atol=2e-4)
+    other = RunConfig(attention=backend, attention_block_q=blocks, attention_block_kv=blocks)
+    np.testing.assert_allclose(model.forward(params, tokens, cfg, other), ref, atol=2e-4)
 
 
 def test_post_norms_are_stacked_layer_leaves():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from glm_jax import model
+from glm_jax.config import RunConfig
 from glm_jax.convert import keymap
 from tests.conftest import replace, tiny_model
 
@@ -72,7 +73,7 @@ BF16_REL_TOL = 0.05
 def test_bf16_activations_close_to_transformers_fp32(gqa_8_2):
     cfg, hf, params = gqa_8_2
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
-    ours = np.asarray(model.forward(params, tokens, replace(cfg, dtype="bfloat16")))
+    ours = np.asarray(model.forward(params, tokens, cfg, RunConfig(dtype="bfloat16")))
     theirs = _hf_logits(hf, tokens)
     rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
     assert rel <= BF16_REL_TOL, rel
@@ -94,11 +95,11 @@ def test_packed_sequences_equal_separate_runs():
 
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scan_and_unrolled_layers_agree(remat):
-    cfg = tiny_model(num_layers=3, remat=remat)
+    cfg, run = tiny_model(num_layers=3), RunConfig(remat=remat)
     params = model.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, cfg.vocab_size)
-    scanned = model.forward(params, tokens, cfg)
-    unrolled = model.forward(params, tokens, replace(cfg, scan_layers=False))
+    scanned = model.forward(params, tokens, cfg, run)
+    unrolled = model.forward(params, tokens, cfg, replace(run, scan_layers=False))
     np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
 
 
@@ -107,9 +108,9 @@ def test_remat_policies_give_same_gradients():
     params = model.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, cfg.vocab_size)
 
-    def grads(c):
-        return jax.grad(lambda p: model.forward(p, tokens, c).mean())(params)
+    def grads(run):
+        return jax.grad(lambda p: model.forward(p, tokens, cfg, run).mean())(params)
 
-    base = grads(cfg)
+    base = grads(RunConfig())
     for policy in ("full", "save_dots", "save_attn_mlp_out"):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), base, grads(replace(cfg, remat=policy)))
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), base, grads(RunConfig(remat=policy)))

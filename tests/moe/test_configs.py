@@ -60,7 +60,7 @@ def test_param_counts_of_released_glm4_5_sizes(name):
 def test_debug_moe_is_small_and_complete():
     cfg = config.load(os.path.join(REPO, "configs", "debug_moe.py"))
     m = cfg.model
-    assert m.is_moe and m.mtp_layers == 1 and m.qk_norm and m.first_dense_layers == 1
+    assert m.is_moe and m.mtp_layers == 1 and m.qk_norm and m.moe.first_dense_layers == 1
     assert spec.param_count(m) < 12_000_000
     tree = spec.param_specs(m)
     wi = tree["moe_layers"]["moe"]["experts"]["wi"]["kernel"]
@@ -74,24 +74,28 @@ def test_debug_moe_is_small_and_complete():
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("expert_groups", 3, "divide num_experts=8"),
-    ("experts_per_token", 9, "[1, num_experts=8]"),
-    ("first_dense_layers", 3, "at least one layer is MoE"),
-    ("expert_groups_per_token", 3, "[1, expert_groups=2]"),
-    ("moe_capacity_factor", 0.5, "0 (dropless) or >= 1"),
-    ("moe_dispatch_tokens", -1, "0 (all of a device's tokens at once) or > 0"),
+    ("model.moe.expert_groups", 3, "divide num_experts=8"),
+    ("model.moe.experts_per_token", 9, "[1, num_experts=8]"),
+    ("model.moe.first_dense_layers", 3, "at least one layer is MoE"),
+    ("model.moe.expert_groups_per_token", 3, "[1, expert_groups=2]"),
+    ("run.moe_capacity_factor", 0.5, "0 (dropless) or >= 1"),
+    ("run.moe_dispatch_tokens", -1, "0 (all of a device's tokens at once) or > 0"),
 ])
 def test_bad_moe_fields_name_the_field(field, value, needle):
+    section, name = field.split(".", 1)
     with pytest.raises(ConfigError, match=re.escape(needle)) as e:
-        tiny_moe(**{field: value})
-    assert e.value.field == f"model.{field}"
+        if section == "run":
+            config.RunConfig(**{name: value})
+        else:
+            tiny_moe(**{name.removeprefix("moe."): value})
+    assert e.value.field == field
 
 
 def test_moe_fields_on_a_dense_model_are_refused():
     with pytest.raises(ConfigError) as e:
         ModelConfig(name="x", vocab_size=8, hidden_size=8, num_layers=2, num_heads=1, kv_groups=1, head_dim=8,
-                    ffn_hidden_size=8, first_dense_layers=1)
-    assert e.value.field == "model.first_dense_layers"
+                    ffn_hidden_size=8, moe=config.MoEConfig(first_dense_layers=1))
+    assert e.value.field == "model.moe.first_dense_layers"
     with pytest.raises(ConfigError) as e:
         ModelConfig(name="x", vocab_size=8, hidden_size=8, num_layers=2, num_heads=1, kv_groups=1, head_dim=8,
                     ffn_hidden_size=8, mtp_layers=1)
@@ -111,26 +115,26 @@ def test_expert_mesh_axis_is_validated():
     with pytest.raises(ConfigError) as e:
         validation.check_stage(bad, sharding.mesh_shape(bad.mesh, 3))
     assert e.value.field == "mesh.expert" and "num_experts=8" in str(e.value)
-    dense = replace(cfg, model=replace(cfg.model, num_experts=0, experts_per_token=0, moe_ffn_hidden_size=0,
-                                       num_shared_experts=0, first_dense_layers=0))
+    dense = replace(cfg, model=replace(cfg.model, moe=config.MoEConfig()))
     with pytest.raises(ConfigError, match="no experts") as e:
         validation.check_stage(dense, sizes)
     assert e.value.field == "mesh.expert"
     with pytest.raises(ConfigError) as e:
         config.MeshConfig(expert=0)
     assert e.value.field == "mesh.expert"
-    rounds = replace(cfg, model=replace(cfg.model, moe_dispatch_tokens=8))  # 8 rows x 32 / 8 devices = 32 a device
+    rounds = replace(cfg, run=replace(cfg.run, moe_dispatch_tokens=8))  # 8 rows x 32 / 8 devices = 32 a device
     validation.check_stage(rounds, sizes)
     with pytest.raises(ConfigError, match="must divide the 32 tokens each device holds") as e:
-        validation.check_stage(replace(rounds, model=replace(cfg.model, moe_dispatch_tokens=12)), sizes)
-    assert e.value.field == "model.moe_dispatch_tokens"
-    validation.check_stage(replace(rounds, model=replace(cfg.model, moe_dispatch_tokens=1024)), sizes)  # one round
+        validation.check_stage(replace(rounds, run=replace(cfg.run, moe_dispatch_tokens=12)), sizes)
+    assert e.value.field == "run.moe_dispatch_tokens"
+    validation.check_stage(replace(rounds, run=replace(cfg.run, moe_dispatch_tokens=1024)), sizes)  # one round
 
 
 # One changed value per MOE_FIELDS entry (each still a valid config of tiny_moe's shape).
-MOE_CHANGED = {"rotary_style": "interleaved", "qk_norm": False, "num_experts": 16, "experts_per_token": 3,
-               "moe_ffn_hidden_size": 48, "num_shared_experts": 2, "first_dense_layers": 2, "expert_groups": 4,
-               "expert_groups_per_token": 2, "norm_topk_prob": False, "routed_scaling_factor": 2.5, "mtp_layers": 0}
+MOE_CHANGED = {"rotary_style": "interleaved", "qk_norm": False, "moe.num_experts": 16, "moe.experts_per_token": 3,
+               "moe.ffn_hidden_size": 48, "moe.num_shared_experts": 2, "moe.first_dense_layers": 2,
+               "moe.expert_groups": 4, "moe.expert_groups_per_token": 2, "moe.norm_topk_prob": False,
+               "moe.routed_scaling_factor": 2.5, "mtp_layers": 0}
 
 
 def test_moe_config_json_round_trips_and_names_each_disagreeing_field():
@@ -145,4 +149,8 @@ def test_moe_config_json_round_trips_and_names_each_disagreeing_field():
     assert back == replace(cfg, init_std=back.init_std)
     for attr, value in MOE_CHANGED.items():
         with pytest.raises(keymap.ConversionError, match=rf"fix model\.{attr} "):
-            hf_config.check_against(written, replace(cfg, **{attr: value}))
+            if attr.startswith("moe."):
+                changed = replace(cfg, moe=replace(cfg.moe, **{attr.removeprefix("moe."): value}))
+            else:
+                changed = replace(cfg, **{attr: value})
+            hf_config.check_against(written, changed)

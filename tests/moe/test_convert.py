@@ -55,7 +55,7 @@ def test_transformers_saved_glm4moe_with_mtp_from_hf_to_hf_is_identical(saved, t
     assert hf_config.model_config_from_hf(hf_json, name=cfg.name) == dataclasses.replace(
         cfg, max_seq_len=hf_json["max_position_embeddings"])
     names = set(safetensors_dir.read_index(src)[0])
-    assert {f"model.layers.1.mlp.experts.{e}.up_proj.weight" for e in range(cfg.num_experts)} <= names
+    assert {f"model.layers.1.mlp.experts.{e}.up_proj.weight" for e in range(cfg.moe.num_experts)} <= names
     assert "model.layers.2.mlp.gate.e_score_correction_bias" in names and len(mtp) > 20
     # from-hf: streamed into a params checkpoint a layer at a time (both stacks and the MTP module)
     full = config.Config(model=cfg)

@@ -5,7 +5,6 @@ Loss and gradients on whole models across meshes: tests/moe/test_meshes.py."""
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -75,8 +74,8 @@ def test_capacity_drops_each_devices_rows_past_cap_per_destination_and_counts_th
     """expert=4, 8 experts (2 a shard), k=2, cf=1: each device sends at most ceil(16 / 4) = 4 of its
     16 assignments to a shard, its lowest experts' first; most go to shard 0, so most are dropped.
     The output is what the kept assignments' experts compute, weighted; drops are counted."""
-    cfg = tiny_moe(num_experts=8, experts_per_token=2, moe_capacity_factor=1.0)
-    shards, B, T, D, C = 4, 4, 8, cfg.hidden_size, cfg.moe_ffn_hidden_size
+    cfg, run = tiny_moe(num_experts=8, experts_per_token=2), config.RunConfig(moe_capacity_factor=1.0)
+    shards, B, T, D, C = 4, 4, 8, cfg.hidden_size, cfg.moe.ffn_hidden_size
     rng = np.random.default_rng(1)
     x = rng.standard_normal((B * T, D)).astype(np.float32)
     experts = np.where(rng.random((B * T, 2)) < 0.8, rng.integers(0, 2, (B * T, 2)), rng.integers(0, 8, (B * T, 2)))
@@ -88,10 +87,10 @@ def test_capacity_drops_each_devices_rows_past_cap_per_destination_and_counts_th
 
     mesh = sharding.make_mesh(config.MeshConfig(fsdp=1, expert=shards), jax.devices()[:shards])
     with jax.set_mesh(mesh):
-        out, stats = jax.jit(lambda *a: expert_parallel.routed_experts(*a, cfg, (B, T)))(x, weights, experts, wi, wo)
+        out, stats = jax.jit(lambda *a: expert_parallel.routed_experts(*a, cfg, run, (B, T)))(x, weights, experts, wi, wo)
 
     want, dropped = np.zeros_like(x), 0
-    cap = math.ceil(cfg.moe_capacity_factor * T * 2 / shards)
+    cap = math.ceil(run.moe_capacity_factor * T * 2 / shards)
     for b in range(B):  # row b is device b's: its T tokens' 2T assignments
         flat = experts[b * T:(b + 1) * T].reshape(-1)
         order = np.argsort(flat, kind="stable")

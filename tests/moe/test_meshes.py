@@ -1,5 +1,5 @@
 """Expert parallelism: the same loss, MTP loss, expert loads and gradients on every mesh, with the
-tokens sent to the experts all at once or a few at a time (model.moe_dispatch_tokens)."""
+tokens sent to the experts all at once or a few at a time (run.moe_dispatch_tokens)."""
 
 import dataclasses
 
@@ -21,10 +21,11 @@ MESHES = {"expert1": (dict(fsdp=1), {}), "expert4_fsdp2_rounds": (dict(expert=4,
           "expert2_sequence2_fsdp2_rounds": (dict(expert=2, sequence=2, fsdp=2), dict(moe_dispatch_tokens=8))}
 
 
-def loss_and_grads(mesh_kw, model_kw, cfg=None):
-    """(grads, aux) of `cfg` (default train_cfg()) with `model_kw` applied, on a mesh of `mesh_kw`."""
+def loss_and_grads(mesh_kw, run_kw, cfg=None):
+    """(grads, aux) of `cfg` (default train_cfg()) with `run_kw` applied to its run section, on a
+    mesh of `mesh_kw`."""
     cfg = cfg or train_cfg()
-    cfg = config.Config(model=dataclasses.replace(cfg.model, **model_kw), train=cfg.train,
+    cfg = config.Config(model=cfg.model, run=dataclasses.replace(cfg.run, **run_kw), train=cfg.train,
                         mesh=config.MeshConfig(**mesh_kw))
     n = int(np.prod(list(mesh_kw.values())))
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:n])
@@ -38,10 +39,11 @@ def loss_and_grads(mesh_kw, model_kw, cfg=None):
             assert args[0]["moe_layers"]["moe"]["experts"]["wi"]["kernel"].sharding.spec[1] == "expert"
             text = fn.lower(*args).as_text()
             assert "all_to_all" in text
-            if "moe_dispatch_tokens" in model_kw:  # a round's receive buffer: P x m x k rows, not P x 32 x k
+            if "moe_dispatch_tokens" in run_kw:  # a round's receive buffer: P x m x k rows, not P x 32 x k
                 m = cfg.model
-                assert f"tensor<{mesh_kw['expert'] * m.moe_dispatch_tokens * m.experts_per_token}x{m.hidden_size}x" in text
-        if cfg.model.moe_matmul == "megablox":  # a Pallas call XLA cannot partition: it runs per device
+                assert (f"tensor<{mesh_kw['expert'] * cfg.run.moe_dispatch_tokens * m.moe.experts_per_token}"
+                        f"x{m.hidden_size}x") in text
+        if cfg.run.moe_matmul == "megablox":  # a Pallas call XLA cannot partition: it runs per device
             assert "shard_map" in str(fn.trace(*args).jaxpr)
         grads, aux = fn(*args)
     return jax.device_get((grads, aux))

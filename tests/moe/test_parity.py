@@ -57,23 +57,23 @@ def test_same_top_k_experts_per_token_as_transformers(pair):
         p = jax.tree.map(lambda a: a[j], params["moe_layers"])["moe"]["router"]
         w, idx = moe.route(jnp.asarray(normed.reshape(-1, cfg.hidden_size)), p["kernel"], p["bias"], cfg)
         w, idx = np.asarray(w), np.asarray(idx)
-        assert idx.shape == (tokens.size, cfg.experts_per_token)
+        assert idx.shape == (tokens.size, cfg.moe.experts_per_token)
         ours_order, theirs_order = np.argsort(idx, axis=1), np.argsort(idx_ref, axis=1)
         np.testing.assert_array_equal(np.take_along_axis(idx, ours_order, 1), np.take_along_axis(idx_ref, theirs_order, 1))
         np.testing.assert_allclose(np.take_along_axis(w, ours_order, 1), np.take_along_axis(w_ref, theirs_order, 1),
                                    atol=1e-6)
         # the group limit binds: every token's experts lie in one of the 2 groups, and both groups are used
-        groups = idx // (cfg.num_experts // cfg.expert_groups)
-        assert (groups == groups[:, :1]).all() and len(np.unique(groups)) == cfg.expert_groups
+        groups = idx // (cfg.moe.num_experts // cfg.moe.expert_groups)
+        assert (groups == groups[:, :1]).all() and len(np.unique(groups)) == cfg.moe.expert_groups
 
 
 def test_correction_bias_changes_selection_not_weights():
     """The bias picks experts; the weights come from the unbiased sigmoid scores."""
     cfg = tiny_moe(expert_groups=1, expert_groups_per_token=1, routed_scaling_factor=1.0)
     x = jax.random.normal(jax.random.key(0), (64, cfg.hidden_size))
-    kernel = jax.random.normal(jax.random.key(1), (cfg.hidden_size, cfg.num_experts)) * 0.1
-    _, idx0 = moe.route(x, kernel, jnp.zeros(cfg.num_experts), cfg)
-    bias = jnp.zeros(cfg.num_experts).at[3].set(10.0)
+    kernel = jax.random.normal(jax.random.key(1), (cfg.hidden_size, cfg.moe.num_experts)) * 0.1
+    _, idx0 = moe.route(x, kernel, jnp.zeros(cfg.moe.num_experts), cfg)
+    bias = jnp.zeros(cfg.moe.num_experts).at[3].set(10.0)
     w, idx = moe.route(x, kernel, bias, cfg)
     assert (np.asarray(idx) == 3).any(axis=1).all() and not (np.asarray(idx0) == 3).any(axis=1).all()
     scores = jax.nn.sigmoid(x @ kernel)

@@ -1,7 +1,6 @@
 """GLM-4.5 training: the MTP loss as written out, MTP training lowers it, aux-loss-free balancing
 moves the routing biases (and only with a rate), dropless routing drops nothing."""
 
-import dataclasses
 import json
 import os
 
@@ -63,7 +62,8 @@ def test_mtp_loss_equals_direct_computation():
     # predicts x_{t+2}, within its document.
     @jax.jit
     def mtp_log_probs(params, batch):
-        h, _ = hidden_states_and_stats(params, batch["tokens"], m, batch["positions"], batch["segment_ids"])
+        h, _ = hidden_states_and_stats(params, batch["tokens"], m, cfg.run, batch["positions"],
+                                       batch["segment_ids"])
         p = params["mtp"]
         x_next = batch["targets"]  # x_{t+1}
         e = rms_norm(p["embed"]["embedding"][x_next], p["enorm"]["scale"], m.rms_norm_eps)
@@ -71,7 +71,7 @@ def test_mtp_loss_equals_direct_computation():
             [p["eh_proj"]["kernel"][0], p["eh_proj"]["kernel"][1]], 0)
         cos, sin = rotary_tables(batch["positions"], m.rotary_dim, m.rope_theta)
         y, _, _ = sublayers(y, p["block"], cos, sin,
-                            lambda q, k, v: (reference_attention(q, k, v, batch["segment_ids"]), None), m)
+                            lambda q, k, v: (reference_attention(q, k, v, batch["segment_ids"]), None), m, cfg.run)
         return jax.nn.log_softmax(rms_norm(y, p["head_norm"]["scale"], m.rms_norm_eps) @ p["output"]["kernel"], -1)
 
     logp = np.asarray(mtp_log_probs(params, batch))
@@ -89,7 +89,7 @@ def test_mtp_loss_equals_direct_computation():
 
 RATE = 0.01
 STEPS = 16
-SMALL_MOE = ["model.hidden_size=64", "model.ffn_hidden_size=128", "model.moe_ffn_hidden_size=32",
+SMALL_MOE = ["model.hidden_size=64", "model.ffn_hidden_size=128", "model.moe.ffn_hidden_size=32",
              "model.vocab_size=512", "model.num_heads=4", "model.kv_groups=2", "model.head_dim=16",
              "train.seq_len=32", "train.batch_size=8", f"train.steps={STEPS}", "train.warmup_steps=0",
              "train.schedule='constant'", "train.lr=3e-3", "train.loss_chunk=32", f"train.router_bias_rate={RATE}",
@@ -167,7 +167,7 @@ def test_bias_update_reduces_load_imbalance(trained):
     cfg, rows, start, end = trained
     imbalance = [r["moe_load_imbalance"] for r in rows]
     print("max/mean load per step", np.round(imbalance, 2).tolist())
-    X, k = cfg.model.num_experts, cfg.model.experts_per_token
+    X, k = cfg.model.moe.num_experts, cfg.model.moe.experts_per_token
     assert imbalance[0] > 0.8 * X / k  # expert 0 takes (almost) every token: max/mean near X / k = 4
     assert np.mean(imbalance[-4:]) < 0.5 * imbalance[0], imbalance
     path = ("moe_layers", "moe", "router", "bias")
@@ -201,6 +201,29 @@ def test_trained_debug_moe_exports_to_transformers_with_same_logits(trained, tmp
     assert jax.tree.structure(back["mtp"]) == jax.tree.structure(params["mtp"])
     for a, b in zip(jax.tree.leaves(params["mtp"]), jax.tree.leaves(back["mtp"])):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_may_change_how_the_experts_run_but_not_what_they_are(tmp_path):
+    """Resume with another grouped matmul (megablox) and dispatch rounds (8 tokens at a time):
+    the losses are an uninterrupted run's; resuming with another architecture is refused naming
+    the field."""
+    from glm_jax.train import loop, metrics
+
+    cd = config.apply_overrides(config.load_config_dict(os.path.join(REPO, "configs", "debug_moe.py")),
+                                SMALL_MOE + ["train.log_every=1", "checkpoint.every_steps=3"])
+
+    def run(workdir, *overrides):
+        loop.run(config.apply_overrides(cd, list(overrides)), str(workdir), make_iterator=StructuredRows)
+        return {r["step"]: r["loss"] for r in metrics.read_rows(str(workdir))}
+
+    whole = run(tmp_path / "whole", "train.steps=6")
+    run(tmp_path / "split", "train.steps=3")
+    split = run(tmp_path / "split", "train.steps=6", "run.moe_matmul='megablox'", "run.moe_dispatch_tokens=8")
+    assert sorted(split) == sorted(whole) == list(range(1, 7))
+    np.testing.assert_allclose([split[s] for s in range(4, 7)], [whole[s] for s in range(4, 7)], rtol=2e-5)
+    with pytest.raises(config.ConfigError, match=r"model\.moe\.expert_groups \(2 there, 1 now\)"):
+        run(tmp_path / "split", "train.steps=9", "model.moe.expert_groups=1", "model.moe.expert_groups_per_token=1")
 
 
 def test_rate_zero_never_changes_the_bias():

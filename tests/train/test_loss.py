@@ -65,7 +65,7 @@ def _full_logits_sums(params, batch, cfg):
     """The untiled reference: logits [B, T, V] whole, then cross_entropy_sums."""
     from glm_jax import model
 
-    logits = model.forward(params, batch["tokens"], cfg.model, batch["positions"], batch["segment_ids"])
+    logits = model.forward(params, batch["tokens"], cfg.model, cfg.run, batch["positions"], batch["segment_ids"])
     w = loss.token_weights(batch["loss_mask"], batch["segment_ids"], cfg.train.loss_weighting)
     sums = loss.cross_entropy_sums(logits, batch["targets"], w, cfg.train.z_loss)
     return sums["total"], {"ce": sums["ce"], "z": sums["z"], "weight": jnp.sum(w)}

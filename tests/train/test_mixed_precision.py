@@ -1,4 +1,4 @@
-"""Mixed precision: fp32 master params and Adam moments, bf16 compute (`model.dtype`); bf16
+"""Mixed precision: fp32 master params and Adam moments, bf16 compute (`run.dtype`); bf16
 storage (`model.param_dtype`) is refused for training."""
 
 import os
@@ -20,26 +20,26 @@ def _debug(*overrides):
 
 
 def test_bf16_compute_keeps_fp32_master_params_and_moments():
-    cfg = _debug("model.dtype='bfloat16'")
+    cfg = _debug("run.dtype='bfloat16'")
     st = state_lib.abstract_state(cfg, optimizer.make_optimizer(cfg.train))
     float_leaves = [x for x in jax.tree.leaves((st.params, st.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert len(float_leaves) > 3 * len(jax.tree.leaves(st.params)) - 1  # params, mu, nu
     assert {x.dtype for x in float_leaves} == {jnp.dtype(jnp.float32)}
     tokens = jax.ShapeDtypeStruct((2, 16), jnp.int32)
-    hidden = jax.eval_shape(lambda p, t: model.hidden_states(p, t, cfg.model), st.params, tokens)
+    hidden = jax.eval_shape(lambda p, t: model.hidden_states(p, t, cfg.model, cfg.run), st.params, tokens)
     assert hidden.dtype == jnp.bfloat16  # the layers compute in bf16
 
 
 def test_bf16_param_dtype_is_refused_for_training_naming_the_field():
     cfg = _debug("model.param_dtype='bfloat16'")
-    with pytest.raises(ConfigError, match=r"model.param_dtype.*no fp32 master copy.*model.dtype=bfloat16"):
+    with pytest.raises(ConfigError, match=r"model.param_dtype.*no fp32 master copy.*run.dtype=bfloat16"):
         state_lib.abstract_state(cfg, optimizer.make_optimizer(cfg.train))
 
 
 @pytest.mark.parametrize("name", ["glm4_9b", "glm4_9b_chat", "glm4_9b_chat_1m", "chatglm3_6b"])
 def test_tpu_configs_compute_in_bf16_on_fp32_masters(name):
-    m = config.load(os.path.join(REPO, "configs", f"{name}.py")).model
-    assert (m.dtype, m.param_dtype) == ("bfloat16", "float32")
+    cfg = config.load(os.path.join(REPO, "configs", f"{name}.py"))
+    assert (cfg.run.dtype, cfg.model.param_dtype) == ("bfloat16", "float32")
 
 
 def _learnable_batches(cfg, n):
@@ -81,7 +81,7 @@ def test_bf16_compute_loss_after_100_steps_is_within_2_percent_of_fp32():
     compute ends within 2% of the all-fp32 run (mean loss of the last 5 steps)."""
     common = ["train.seq_len=64", "train.batch_size=4", "train.steps=100", "train.warmup_steps=10", "train.z_loss=1e-4"]
     fp32 = _losses_after(_debug(*common), 100)
-    bf16 = _losses_after(_debug(*common, "model.dtype='bfloat16'"), 100)
+    bf16 = _losses_after(_debug(*common, "run.dtype='bfloat16'"), 100)
     end32, end16 = np.mean(fp32[-5:]), np.mean(bf16[-5:])
     assert end32 < 0.75 * fp32[0]  # the runs learn: the comparison is not between two flat lines
     assert abs(end16 - end32) <= 0.02 * end32, (fp32[0], end32, end16)
