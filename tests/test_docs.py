@@ -6,7 +6,8 @@ output in a temporary directory); the README's main command is run once (the `ma
 and its workdir and HF export serve the commands that read `runs/debug`, `DIR` or `HF_DIR`. A
 command on a released model's config is DRY-RUN: its flags are parsed by the CLI's own absl flag
 definitions and its config, overrides included, is loaded and validated by glm_jax.config (every
-stage), so a renamed field or a typo fails here. Placeholders are substituted from PLACEHOLDERS;
+stage), so a renamed field or a typo fails here; so are the debug-size commands in DRY_ANYWAY
+and the train command each launcher starts. Placeholders are substituted from PLACEHOLDERS;
 one not listed there fails the test. A shell command of a kind not handled below fails too.
 
 Run as `python -m tests.test_docs MODULE '[[args...], ...]'` this file is the dry-run driver.
@@ -55,6 +56,9 @@ LOOKS_PLACEHOLDER = re.compile(r"^([A-Z][A-Z0-9_]*|gs://.*|runs/.*|[\w.-]+/|\S*\
 OUTPUT_FLAG = {"glm_jax.train": "workdir", "glm_jax.convert": "out", "glm_jax.aot": "out", "glm_jax.eval": "out",
                "launch/local.sh": "workdir"}
 ALWAYS_RUN = {"glm_jax.model"}  # allocates nothing: cheap for any config
+# Debug-size commands dry-run on purpose: minutes of compiling on 2 cores, and run for real elsewhere.
+DRY_ANYWAY = {"configs/debug_moe.py": "tests/moe/test_train.py trains it",
+              "launch/local.sh": "tests/test_launch.py runs it as 2 processes"}
 SUBCOMMANDS = {"glm_jax.convert": {"to-hf", "from-hf"}, "glm_jax.data": {"show", "build"}, "glm_jax.eval": {"passkey"}}
 LAUNCHERS = {"launch/local.sh": "run", "launch/tpu.sh": "dry-run flag", "launch/gke.sh": "dry-run flag"}
 # Only inside the README's set-up blocks: what .ci/run itself executes (the venv, the suite).
@@ -75,6 +79,8 @@ class Command:
     @property
     def mode(self) -> str:
         """'run' (for real, debug size) or 'dry' (flags and config only)."""
+        if self.program in DRY_ANYWAY or self.flag("config") in DRY_ANYWAY:
+            return "dry"
         if self.program.startswith("launch/") or self.program.startswith("benchmarks/"):
             return "run"
         values = [a.split("=", 1)[1] for a in self.args if "=" in a]
@@ -272,6 +278,11 @@ def _dry_invocations(cmd: Command, tmp) -> list[tuple[str, list[str]]]:
         extra = args[args.index("--") + 1:] if "--" in args else []
         train = [a for a in args if a.startswith(("--config=", "--workdir="))]
         return [("glm_jax.train", [*train, *extra])]
+    if cmd.program == "launch/local.sh":  # everything but its own -n N / --devices_per_process goes to train
+        args = _substitute(cmd, tmp, {})
+        train = [a for i, a in enumerate(args) if a != "-n" and (i == 0 or args[i - 1] != "-n")
+                 and not a.startswith(("--devices_per_process=", "-n=", "--processes="))]
+        return [("glm_jax.train", train)]
     return []
 
 
@@ -280,18 +291,19 @@ _CHECKED: set = set()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[f"{c.where}:{c.program}" for c in COMMANDS])
-def test_documented_command(cmd, main_run, dry_runs, tmp_path):
+def test_documented_command(cmd, dry_runs, tmp_path, request):
     if cmd.program in SETUP:
         # The README's set-up lines: .ci/run executes the test block (this suite); the venv and
         # pip lines are how it got here. The main block's glm_jax commands are checked below.
         return
-    if cmd.block == "main-command" or _is_main(cmd):
-        assert os.path.isdir(os.path.join(main_run["trained"], "checkpoints")), "main_run left no checkpoints"
-        return
-    if cmd.program.startswith("glm_jax") and cmd.mode == "dry":
+    if cmd.mode == "dry":
         assert cmd.program != "glm_jax.eval", f"{cmd.where}: eval has no config to dry-run; point it at runs/debug"
         for r in dry_runs[cmd.where]:
             assert r["ok"], f"{cmd.where}: {r['module']} {' '.join(r['args'])}\n{r['error']}"
+        return
+    main_run = request.getfixturevalue("main_run")  # only the commands that run for real wait for it
+    if cmd.block == "main-command" or _is_main(cmd):
+        assert os.path.isdir(os.path.join(main_run["trained"], "checkpoints")), "main_run left no checkpoints"
         return
     args = _substitute(cmd, tmp_path, main_run)
     if cmd.program in ("glm_jax.train", "launch/local.sh"):
