@@ -29,6 +29,8 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
+from glm_jax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "to-hf: training workdir or params-only checkpoint.")
 _STEP = flags.DEFINE_integer("step", None, "to-hf: checkpoint step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).")
@@ -201,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
