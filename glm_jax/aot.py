@@ -352,12 +352,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from glm_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=False)
     flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v5p:4x4x8.")
     flags.DEFINE_string("out", None, "Write the report as JSON here.")
     flags.DEFINE_bool("memory_only", False, "Compile the real step only: HBM and collectives, no FLOPs or step time.")
     flags.mark_flags_as_required(["config", "topology"])
-    app.run(main)
+    cli.run(main, tensorflow=False)

@@ -17,6 +17,8 @@ import os
 
 from absl import app, flags
 
+from glm_jax import cli
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or params-only checkpoint.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _HF = flags.DEFINE_string("hf", None, "HuggingFace / THUDM checkpoint directory.")
@@ -94,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

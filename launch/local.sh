@@ -2,14 +2,15 @@
 # Run a glm-jax training job as N processes on this machine (jax.distributed over 127.0.0.1):
 # the same multi-host code path as a TPU slice, for testing.
 #
-#   launch/local.sh -n 2 --config=configs/debug.py --workdir=/tmp/run [--devices_per_process=4] [--config.x=...]
+#   launch/local.sh -n 2 --config=configs/debug.py --workdir=/tmp/run [--devices_per_process=4] [--log_dir=DIR] [--config.x=...]
 #
 # Each process gets `--devices_per_process` simulated CPU devices; their logs go to
-# WORKDIR/logs/process_<i>.log, process 0's is also shown. Exits with the first failure's code.
+# LOG_DIR/process_<i>.log (default WORKDIR/logs; for a gs://BUCKET/PATH workdir ./runs/logs/BUCKET/PATH,
+# a local folder), process 0's is also shown. Exits with the first failure's code.
 set -euo pipefail
 
 die() { echo "launch/local.sh: $*" >&2; exit 2; }
-n="" workdir="" per=4
+n="" workdir="" per=4 log_dir=""
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -17,7 +18,8 @@ while [ $# -gt 0 ]; do
     -n=*|--processes=*) n="${1#*=}" ;;
     --devices_per_process=*) per="${1#*=}" ;;
     --workdir=*) workdir="${1#*=}"; args+=("$1") ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --log_dir=*) log_dir="${1#*=}" ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift
@@ -25,23 +27,33 @@ done
 [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "-n N (number of processes, >= 1) is required"
 [[ "$per" =~ ^[1-9][0-9]*$ ]] || die "--devices_per_process must be a positive integer"
 [ -n "$workdir" ] || die "--workdir is required"
+if [ -z "$log_dir" ]; then
+  # Process logs are local files: a URL workdir (gs://b/run) must not become a folder named gs:.
+  case "$workdir" in
+    *://*) log_dir="runs/logs/${workdir#*://}" ;;
+    *) log_dir="$workdir/logs" ;;
+  esac
+fi
+case "$log_dir" in *://*) die "--log_dir must be a local folder, not '$log_dir'" ;; esac
 
 python="${PYTHON:-python3}"
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$workdir/logs"
+mkdir -p "$log_dir"
+log_dir="$(cd "$log_dir" && pwd)"
+echo "launch/local.sh: process logs in $log_dir/" >&2
 pids=()
 for ((i = 0; i < n; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$per" JAX_PLATFORMS=cpu \
     "$python" -m glm_jax.train "${args[@]}" --distributed --coordinator_address="127.0.0.1:$port" \
-    --num_processes="$n" --process_id="$i" >"$workdir/logs/process_$i.log" 2>&1 &
+    --num_processes="$n" --process_id="$i" >"$log_dir/process_$i.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
-tail -n +1 -f "$workdir/logs/process_0.log" --pid="${pids[0]}" &
+tail -n +1 -f "$log_dir/process_0.log" --pid="${pids[0]}" &
 status=0
 for pid in "${pids[@]}"; do
   wait "$pid" || { code=$?; [ "$status" = 0 ] && status=$code; }
 done
 wait
-[ "$status" = 0 ] || echo "launch/local.sh: a process failed (exit $status); see $workdir/logs/" >&2
+[ "$status" = 0 ] || echo "launch/local.sh: a process failed (exit $status); see $log_dir/" >&2
 exit "$status"

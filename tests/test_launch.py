@@ -131,6 +131,28 @@ def test_local_sh_trains_two_processes_and_checkpoints(tmp_path):
     assert sorted(os.listdir(workdir / "checkpoints" / "main")) == ["2", "4"]
 
 
+@pytest.mark.parametrize("workdir, log_flag, logs", [
+    ("gs://bucket/run", None, "runs/logs/bucket/run"),  # a URL workdir: a local folder, never ./gs:
+    ("gs://bucket/run", "--log_dir=mine", "mine"),
+    ("local/run", None, "local/run/logs"),
+])
+def test_local_sh_writes_process_logs_to_a_local_folder_it_names(tmp_path, workdir, log_flag, logs):
+    """Where the processes' logs land, through the real script: each process fails fast (an unknown
+    config field), so its log holds that error; the folder is printed on start and on failure."""
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "-n", "2",
+                           f"--config={REPO}/configs/debug.py", f"--workdir={workdir}", *([log_flag] if log_flag else []),
+                           "--config.no_such_field=1"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    folder = tmp_path / logs
+    assert f"process logs in {folder}/" in proc.stderr and f"see {folder}/" in proc.stderr, proc.stderr
+    assert sorted(os.listdir(folder)) == ["process_0.log", "process_1.log"]
+    assert all("no_such_field" in (folder / f"process_{i}.log").read_text() for i in range(2))
+    assert not (tmp_path / "gs:").exists()
+
+
 def test_local_sh_needs_a_process_count():
     proc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "--workdir=/tmp/x"], capture_output=True,
                           text=True)

@@ -1,7 +1,7 @@
 """Convert between our training checkpoints and PyTorch (HuggingFace / THUDM) checkpoint directories.
 
     python -m glm_jax.convert to-hf   --workdir=DIR [--step=N] --out=HF_DIR [--dtype=bfloat16] [--naming=hf|thudm]
-                                      [--tokenizer=FILE]
+                                      [--tokenizer=FILE|none]
     python -m glm_jax.convert from-hf --hf=HF_DIR --config=configs/glm4_9b.py --out=CKPT_DIR [--config.x=...]
 
 to-hf: the latest (or --step) checkpoint of a training workdir, or a params-only checkpoint, to
@@ -9,6 +9,9 @@ sharded safetensors + config.json + generation_config.json + the weights' tokeni
 for transformers and the original file), loadable with AutoModelForCausalLM.from_pretrained. The
 tokenizer is --tokenizer, else the checkpoint's own (from-hf keeps it), else the run's; its stop
 and pad ids go into the configs, and one the weights' vocabulary was not made for is refused.
+`--tokenizer=none` exports the weights and configs only. A checkpoint imported from a directory
+without tokenizer files has no tokenizer of its own and never borrows its config's data.tokenizer:
+its export needs --tokenizer=FILE or --tokenizer=none.
 from-hf: released GLM-4 / GLM-4-0414 / ChatGLM3 weights (HF names or THUDM names, bf16 or fp32)
 to a params-only checkpoint that `train.init_from` starts a run from, with the tokenizer files of
 --hf kept in CKPT/tokenizer/ (a run from it tokenizes with them unless data.tokenizer says
@@ -17,6 +20,7 @@ otherwise). Every tensor is checked against the config first; on any error nothi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,6 +28,8 @@ import tempfile
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from glm_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "to-hf: training workdir or params-only checkpoint.")
 _STEP = flags.DEFINE_integer("step", None, "to-hf: checkpoint step (default: the latest).")
@@ -33,27 +39,46 @@ _NAMING = flags.DEFINE_enum("naming", "hf", ["hf", "thudm"], "to-hf: tensor name
 _SHARD_MB = flags.DEFINE_integer("max_shard_mb", 2048, "to-hf: largest safetensors shard (MiB); peak memory is "
                                  "about one shard plus one layer (or the embedding, if larger).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "to-hf: tokenizer file to ship (default: the checkpoint's own "
-                                 "tokenizer/, else the run's data.tokenizer or its mixture's).")
+                                 "tokenizer/, else the run's data.tokenizer or its mixture's); `none`: weights and "
+                                 "configs only.")
 _HF = flags.DEFINE_string("hf", None, "from-hf: directory with safetensors (+ config.json).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "from-hf: the configs/*.py the weights belong to.",
                                           lock_config=False)
 
+NO_TOKENIZER = "none"  # --tokenizer=none: export weights and configs only
+# Written by from-hf when the source had no tokenizer file it keeps (tokenizer.model, or a
+# tokenizer.json it recovers one from): to-hf then ships no tokenizer unless told which (the
+# checkpoint's config.json names a data tokenizer that is not the weights').
+IMPORT_RECORD = "imported_without_tokenizer.json"
+
 USAGE = ("usage: python -m glm_jax.convert to-hf --workdir=DIR --out=HF_DIR [--step=N] [--dtype=...] [--naming=...] "
-         "[--tokenizer=FILE]\n"
+         "[--tokenizer=FILE|none]\n"
          "       python -m glm_jax.convert from-hf --hf=HF_DIR --config=configs/NAME.py --out=CKPT_DIR")
 
 
 def _export_vocabulary(cfg, checkpoint_dir: str):
     """The tokenizer to-hf ships: --tokenizer, else the one the checkpoint keeps (from-hf's
-    `tokenizer/`), else the run's (`data.tokenizer` or its mixture's). None, with a note, for a
-    run whose data isn't registered here. A tokenizer the weights' vocabulary was not made for
-    raises ConfigError naming data.tokenizer, before anything is written."""
+    `tokenizer/`), else the run's (`data.tokenizer` or its mixture's). None for --tokenizer=none,
+    and, with a note, for a run whose data isn't registered here. A checkpoint from-hf imported
+    without tokenizer files raises ConversionError (its config's tokenizer is not the weights'). A
+    tokenizer the weights' vocabulary was not made for raises ConfigError naming data.tokenizer.
+    Both before anything is written."""
+    from glm_jax import storage
     from glm_jax.config import ConfigError
+    from glm_jax.convert.keymap import ConversionError
     from glm_jax.data.errors import DataError
     from glm_jax.data.loader import vocabulary
     from glm_jax.data.tokenizer import VOCAB_PADDING, checkpoint_tokenizer, fits_model, load_tokenizer
 
+    if _TOKENIZER.value == NO_TOKENIZER:
+        return None
     path = _TOKENIZER.value or checkpoint_tokenizer(checkpoint_dir)
+    record = storage.join(storage.resolve(checkpoint_dir), IMPORT_RECORD)
+    if not path and storage.isfile(record):
+        raise ConversionError(f"{checkpoint_dir} was imported from {storage.read_json(record)['hf']}, which had no "
+                              f"tokenizer files, so it has no tokenizer of its own (its config's data.tokenizer is "
+                              f"not the weights'); nothing written. Pass --tokenizer=none to export the weights and "
+                              f"configs only, or --tokenizer=FILE (the weights' tokenizer.model)")
     try:
         vocab = load_tokenizer(path) if path else vocabulary(cfg)
     except DataError as e:
@@ -115,15 +140,16 @@ def to_hf() -> None:
         hf.export(param_reader(directory), cfg.model, _OUT.value, naming=_NAMING.value, dtype=_DTYPE.value,
                   eos_token_ids=eos, pad_token_id=pad, extra_files=files, max_shard_bytes=_SHARD_MB.value << 20,
                   thudm_code=code)
-    print(f"wrote {_OUT.value} ({_NAMING.value} names, {_DTYPE.value}) from {_WORKDIR.value}"
-          + (f", tokenizer {vocab.path}" if vocab is not None else ""))
+    print(f"wrote {_OUT.value} ({_NAMING.value} names, {_DTYPE.value}) from {_WORKDIR.value}, "
+          + (f"tokenizer {vocab.path}" if vocab is not None else "weights and configs only (no tokenizer)"))
 
 
 def from_hf() -> None:
     from glm_jax import config
     from glm_jax.convert import hf
     from glm_jax.data.errors import DataError
-    from glm_jax.data.tokenizer import CHECKPOINT_TOKENIZER_DIR, TOKENIZER_FILES, tiktoken_from_tokenizer_json
+    from glm_jax.data.tokenizer import (CHECKPOINT_TOKENIZER_DIR, TOKENIZER_FILES, checkpoint_tokenizer,
+                                        tiktoken_from_tokenizer_json)
     from glm_jax.train.checkpoint import save_params
 
     if not _HF.value or not _OUT.value or _CONFIG.value is None:
@@ -148,6 +174,10 @@ def from_hf() -> None:
                     kept.append("tokenizer.tiktoken (from tokenizer.json)")
                 except DataError as e:
                     print(f"note: {e}; a run from this checkpoint needs --config.data.tokenizer", file=sys.stderr)
+        own = checkpoint_tokenizer(tmp)
+        if own is None:
+            with open(os.path.join(tmp, IMPORT_RECORD), "w") as f:
+                json.dump({"hf": os.path.abspath(_HF.value)}, f)
         if os.path.isdir(out):
             os.rmdir(out)
         os.replace(tmp, out)
@@ -155,7 +185,8 @@ def from_hf() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"wrote {out} (tokenizer files kept: {', '.join(kept) or 'none'}): start a run from it with "
-          f"--config.train.init_from={out}")
+          f"--config.train.init_from={out}" + ("" if own else f"; to-hf of it needs --tokenizer=FILE or "
+                                                               f"--tokenizer={NO_TOKENIZER}"))
 
 
 def main(argv):
@@ -172,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,8 +11,7 @@ tasks and rates, cached sizes, and the first packed rows decoded (building missi
 from absl import app, flags
 from ml_collections import config_flags
 
-from glm_jax import config
-from glm_jax.data import cache, loader
+from glm_jax import cli, config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
 _ROWS = flags.DEFINE_integer("rows", 1, "show: packed rows (global rows 0, 1, ...) to decode and print.")
@@ -20,6 +19,8 @@ COMMANDS = ("show", "build")
 
 
 def build(cfg) -> None:
+    from glm_jax.data import cache, loader  # after cli.run quiets TensorFlow, which they import
+
     built = loader.build_caches(cfg)
     where = cache.cache_dir_for(cfg.data.cache_dir)
     print(f"tokenized {len(built)} task(s) into {where}: {', '.join(built)}" if built
@@ -27,6 +28,8 @@ def build(cfg) -> None:
 
 
 def show(cfg) -> None:
+    from glm_jax.data import loader
+
     streams = loader.task_streams(cfg)
     print(f"mixture {cfg.data.mixture!r}, rows of {cfg.train.seq_len} tokens, "
           f"{cfg.train.batch_size} rows per step (all hosts)")
@@ -54,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     pk.add_argument("--tokenizer", default="", help="tokenizer file (tiktoken or SentencePiece) to use "
                     "instead of the run's")
     pk.add_argument("--out", default=None, help="output path without extension (default WORKDIR/eval/passkey)")
+    pk.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
     a = p.parse_args(argv)
     try:
         lengths = [int(x) for x in a.lengths.split(",")]
@@ -36,7 +37,9 @@ def main(argv=None) -> int:
         p.error(f"--lengths must be comma-separated integers, got {a.lengths!r}")
     if a.depths < 1 or a.samples < 1:
         p.error("--depths and --samples must be >= 1")
+    from glm_jax import cli
 
+    cli.quiet_libraries(a.verbose)
     from glm_jax.config import ConfigError
     from glm_jax.data.loader import vocabulary
     from glm_jax.data.errors import DataError

@@ -3,10 +3,9 @@
     python -m glm_jax.model --config=configs/glm4_9b.py
 """
 
-from absl import app
 from ml_collections import config_flags
 
-from glm_jax import config
+from glm_jax import cli, config
 from glm_jax.model import spec
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file.", lock_config=True)
@@ -23,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, tensorflow=False)

@@ -13,11 +13,12 @@ checkpoint, on any number of hosts. Process 0 prints one progress line per log s
 orbax, TensorFlow, XLA's start-up lines) stays off unless `--verbose`.
 """
 
-import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from glm_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a configs/*.py file (`file.py:arg` passes arg).",
                                           lock_config=False)
@@ -26,7 +27,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logging (absl, orbax, TF, XLA).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,35 +45,8 @@ def prepare_data(cfg):
         print(f"data: tokenized task {task!r} into {cfg.data.cache_dir or 'the local cache'}", flush=True)
 
 
-def quiet_libraries(verbose: bool) -> None:
-    """Library INFO logging off (absl/orbax/grain through Python logging, TF and XLA's C++ logs)
-    unless `verbose`; warnings and errors still show."""
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    from absl import logging as absl_logging  # noqa: PLC0415
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger().setLevel(logging.WARNING)
-    for name in ("jax", "orbax", "absl", "grain", "tensorflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # TensorFlow's C++ start-up lines (CUDA probing: "Could not find cuda drivers", absl's
-    # "before InitializeLog") ignore TF_CPP_MIN_LOG_LEVEL; they come from its import alone, so
-    # import it once with the stderr file descriptor closed. Python errors still surface.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            import tensorflow  # noqa: F401,PLC0415
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def main(argv):
     del argv
-    quiet_libraries(_VERBOSE.value)
     import jax
 
     if _DISTRIBUTED.value:
@@ -106,4 +79,4 @@ def _flag_or_env(flag, env: str, what: str) -> int | None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from glm_jax import config, model
-from glm_jax.convert import hf
+from glm_jax.convert import hf, safetensors_dir
 from glm_jax.data.tokenizer import BUNDLED_TOKENIZER, GLMTokenizer
 from glm_jax.train import checkpoint
 from tests.conftest import REPO
@@ -92,6 +92,32 @@ def test_export_of_a_run_whose_tokenizer_does_not_fit_fails_naming_the_field(tmp
     assert proc.returncode == 2
     assert "config field `data.tokenizer`" in proc.stderr and "model.vocab_size=8192" in proc.stderr
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
+
+
+def test_a_checkpoint_imported_without_tokenizer_exports_its_weights_only_when_asked(tmp_path):
+    """Weights whose source had no tokenizer files: to-hf never ships the config's data tokenizer
+    (here the bundled one, which fits the debug vocabulary) and says how to export; --tokenizer=none
+    exports weights and configs alone."""
+    cfg = config.load(os.path.join(REPO, "configs", "debug.py"), MODEL[1:])  # debug vocabulary: the bundled fits
+    src, ckpt, refused, out = tmp_path / "src", tmp_path / "ckpt", tmp_path / "refused", tmp_path / "hf"
+    hf.export(jax.tree.map(np.asarray, model.init_params(cfg.model, jax.random.key(0))), cfg.model, str(src),
+              dtype="float32")
+    assert not [n for n in os.listdir(src) if n.startswith("tokenizer")]
+    imported = _run("glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py",
+                    *[f"--config.{o}" for o in MODEL[1:]], f"--out={ckpt}")
+    assert "to-hf of it needs --tokenizer=FILE or --tokenizer=none" in imported.stdout
+    proc = _run("glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={refused}", check=False)
+    assert proc.returncode == 2 and "no tokenizer of its own" in proc.stderr, proc.stderr[-2000:]
+    assert "--tokenizer=none" in proc.stderr and "--tokenizer=FILE" in proc.stderr
+    assert not refused.exists()
+    proc = _run("glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={out}", "--tokenizer=none",
+                "--dtype=float32")
+    assert "weights and configs only (no tokenizer)" in proc.stdout
+    assert {"config.json", "generation_config.json"} <= set(os.listdir(out))
+    assert not [n for n in os.listdir(out) if n.startswith("tokenizer")]
+    assert "eos_token_id" not in json.load(open(out / "generation_config.json"))
+    (na, ga), (nb, gb) = (safetensors_dir.read_index(str(d)) for d in (src, out))
+    assert sorted(na) == sorted(nb) and all(np.array_equal(ga(n), gb(n)) for n in na)
 
 
 def _tokenizer_json(tiktoken_path, out_path):
