@@ -217,13 +217,14 @@ def test_a_resumed_run_may_change_how_the_experts_run_but_not_what_they_are(tmp_
         loop.run(config.apply_overrides(cd, list(overrides)), str(workdir), make_iterator=StructuredRows)
         return {r["step"]: r["loss"] for r in metrics.read_rows(str(workdir))}
 
-    whole = run(tmp_path / "whole", "train.steps=6")
+    whole = run(tmp_path / "whole", "train.steps=4")
     run(tmp_path / "split", "train.steps=3")
-    split = run(tmp_path / "split", "train.steps=6", "run.moe_matmul='megablox'", "run.moe_dispatch_tokens=8")
-    assert sorted(split) == sorted(whole) == list(range(1, 7))
-    np.testing.assert_allclose([split[s] for s in range(4, 7)], [whole[s] for s in range(4, 7)], rtol=2e-5)
+    # one step on megablox (Pallas interpret mode on CPU: slow) with 4 dispatch rounds of 8 tokens
+    split = run(tmp_path / "split", "train.steps=4", "run.moe_matmul='megablox'", "run.moe_dispatch_tokens=8")
+    assert sorted(split) == sorted(whole) == list(range(1, 5))
+    np.testing.assert_allclose(split[4], whole[4], rtol=2e-5)
     with pytest.raises(config.ConfigError, match=r"model\.moe\.expert_groups \(2 there, 1 now\)"):
-        run(tmp_path / "split", "train.steps=9", "model.moe.expert_groups=1", "model.moe.expert_groups_per_token=1")
+        run(tmp_path / "split", "train.steps=5", "model.moe.expert_groups=1", "model.moe.expert_groups_per_token=1")
 
 
 def test_rate_zero_never_changes_the_bias():
