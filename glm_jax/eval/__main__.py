@@ -59,6 +59,7 @@ def lm_eval_main(args: list[str]) -> int:
     """`lm_eval ARGS` with the glm_jax model registered and the bundled tasks included."""
     try:
         import glm_jax.eval.harness  # noqa: F401  (registers the model `glm_jax`)
+        import glm_jax.eval.scoring
         from lm_eval.__main__ import cli_evaluate
     except ImportError as e:
         raise SystemExit(f"lm-eval is not installed ({e}): pip install -e '.[eval]'") from None
@@ -76,6 +77,9 @@ def lm_eval_main(args: list[str]) -> int:
         sys.argv = ["lm_eval", command, *args, "--include_path", include]
         try:
             cli_evaluate()
+        except glm_jax.eval.scoring.RequestError as e:  # a request the model cannot serve: named, nothing run
+            print(f"glm_jax.eval lm-eval: {e}", file=sys.stderr)
+            return 2
         finally:
             sys.argv = old
     return 0
