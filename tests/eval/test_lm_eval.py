@@ -109,3 +109,20 @@ def test_requests_it_cannot_serve_are_named_and_nothing_runs(debug_model, tmp_pa
     assert too_long.returncode == 2, err[-3000:]
     assert "generate_until request" in err and "'bundled_arith'" in err and "max_gen_toks=500" in err and "512" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_chat_template_tokenizes_like_training_chat_format(debug_model):
+    """--apply_chat_template's text becomes exactly the ids glm_jax.data.chat renders (and what
+    `python -m glm_jax.generate --chat` prompts with)."""
+    from glm_jax.data import chat
+    from glm_jax.eval.harness import GLMJaxLM
+    from glm_jax.generate import prompt_ids
+
+    ckpt, _ = debug_model
+    lm = GLMJaxLM(workdir=ckpt)
+    turns = [{"role": "system", "content": "你是一个助手。"}, {"role": "user", "content": "What is 2 + 3?"},
+             {"role": "assistant", "content": "5"}]
+    ids, _ = chat.render({"messages": turns}, lm.vocab)
+    assert lm.tok_encode(lm.apply_chat_template(turns, add_generation_prompt=False)) + [lm.eot_token_id] == ids.tolist()
+    user = [{"role": "user", "content": "床前明月光"}]
+    assert lm.tok_encode(lm.apply_chat_template(user)) == prompt_ids(lm.vocab, "床前明月光", chat=True)
