@@ -6,20 +6,29 @@ import pytest
 from glm_jax.eval import scoring
 
 
+def _scored(batch, request):
+    """[(row, position, token)] that score `request`."""
+    a, e = batch.arrays, batch.score_request == request
+    return list(zip(a["score_row"][e].tolist(), a["score_pos"][e].tolist(), a["score_token"][e].tolist()))
+
+
 def test_pack_lays_requests_out_as_segments():
-    reqs = [([1, 2, 3], [4]), ([5] * 20, [6, 7]), ([8], [9, 10, 11]), ([12] * 40, [13])]
-    batches = scoring.pack(reqs, max_len=64, rows=2)
-    assert len(batches) == 1 and batches[0].arrays["tokens"].shape == (2, 64)  # 40 tokens -> the 64 bucket
-    a = batches[0].arrays
-    placed = {i: (r, s) for i, r, s in batches[0].where}
-    assert sorted(placed) == [0, 1, 2, 3]
-    r, s = placed[1]  # context 20 + continuation 2 -> reads 21 tokens, scores the last 2 targets
-    seg = a["segment_ids"][r] == s
-    assert a["tokens"][r][seg].tolist() == [5] * 20 + [6] and a["targets"][r][seg].tolist() == [5] * 19 + [6, 7]
-    assert a["positions"][r][seg].tolist() == list(range(21)) and a["mask"][r][seg].tolist() == [0] * 19 + [1, 1]
-    assert max(len({s for i, rr, s in batches[0].where if rr == row}) for row in (0, 1)) > 1  # many to a row
+    reqs = [([1, 2, 3], [4]), ([5] * 20, [6, 7]), ([8], [9, 10, 11]), ([12] * 40, [13]), ([1, 2, 3], [7])]
+    (batch,) = scoring.pack(reqs, max_len=64, rows=2)
+    a = batch.arrays
+    assert a["tokens"].shape == (2, 64)  # 40 tokens -> the 64 bucket
+    # context 20 + continuation 2: reads 21 tokens as one segment, scores its last 2 positions
+    (r, p, t), last = _scored(batch, 1)
+    seg = a["segment_ids"][r] == a["segment_ids"][r, p]
+    assert a["tokens"][r][seg].tolist() == [5] * 20 + [6] and a["positions"][r][seg].tolist() == list(range(21))
+    assert (t, last[2], last[1] - p) == (6, 7, 1) and a["positions"][r, last[1]] == 20
+    # the same question with another one-token answer is read once: same position, other target
+    (r0, p0, t0), = _scored(batch, 0)
+    assert _scored(batch, 4) == [(r0, p0, 7)] and t0 == 4
+    segments = {(r, s) for r in range(2) for s in set(a["segment_ids"][r].tolist()) - {0}}
+    assert len(segments) == 4 and max(len(a["segment_ids"][r][a["segment_ids"][r] > 0]) for r in range(2)) > 40
     single = scoring.pack(reqs, max_len=64, rows=2, packed=False)
-    assert all(len({s for _, r, s in b.where}) == 1 for b in single) and len(single) == 2
+    assert [int((b.arrays["segment_ids"].max(axis=1) > 0).sum()) for b in single] == [2, 2, 1]  # one per row
 
 
 def test_request_longer_than_the_context_is_named():
