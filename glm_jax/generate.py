@@ -13,7 +13,6 @@ replicated.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags
 
@@ -31,28 +30,6 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "1.0 = off.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _FSDP = flags.DEFINE_integer("mesh_fsdp", -1, "fsdp axis of the decoding mesh (-1: all devices).")
 _TENSOR = flags.DEFINE_integer("mesh_tensor", 1, "tensor axis of the decoding mesh.")
-
-
-def _load_hf(hf_dir: str):
-    from glm_jax.config import RunConfig
-    from glm_jax.convert import hf, hf_config
-    from glm_jax.data.tokenizer import load_tokenizer
-
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        cfg = hf_config.model_config_from_hf(json.load(f), name=os.path.basename(os.path.normpath(hf_dir)))
-    params = hf.import_dir(hf_dir, cfg)
-    files = [p for p in ("tokenizer.tiktoken", "tokenizer.model") if os.path.isfile(os.path.join(hf_dir, p))]
-    if not files:
-        raise FileNotFoundError(f"{hf_dir} has no tokenizer.tiktoken or tokenizer.model: cannot tokenize prompts")
-    return params, cfg, RunConfig(), load_tokenizer(os.path.join(hf_dir, files[0]))
-
-
-def _load_workdir(workdir: str, step):
-    from glm_jax.data.loader import vocabulary
-    from glm_jax.train.checkpoint import restore_params
-
-    params, cfg = restore_params(workdir, step)
-    return params, cfg.model, cfg.run, vocabulary(cfg)
 
 
 def prompt_ids(vocab, text: str, chat: bool) -> list[int]:
@@ -76,12 +53,12 @@ def main(argv):
         raise app.UsageError("pass at least one --prompt")
     import jax
 
-    from glm_jax import config, model, sharding
+    from glm_jax import config, sharding, weights
     from glm_jax.model import sampling
 
-    params, cfg, run, vocab = _load_hf(_HF.value) if _HF.value else _load_workdir(_WORKDIR.value, _STEP.value)
     mesh = sharding.make_mesh(config.MeshConfig(fsdp=_FSDP.value, tensor=_TENSOR.value))
-    params = jax.device_put(params, sharding.tree_shardings(mesh, model.param_specs(cfg)))
+    loaded = weights.load(workdir=_WORKDIR.value, step=_STEP.value, hf=_HF.value, mesh=mesh)
+    params, cfg, run, vocab = loaded.params, loaded.cfg, loaded.run, loaded.vocab
     stop = [vocab.special_id("<|endoftext|>")]
     if _CHAT.value:
         stop += [vocab.special_id(t) for t in ("<|user|>", "<|observation|>")]

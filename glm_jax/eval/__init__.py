@@ -1,1 +1,1 @@
-"""Evaluations of trained checkpoints (`python -m glm_jax.eval passkey ...`)."""
+"""Evaluations of trained checkpoints (`python -m glm_jax.eval passkey ...`, `python -m glm_jax.eval lm-eval ...`)."""

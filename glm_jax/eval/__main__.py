@@ -1,5 +1,13 @@
 """Evaluate a training workdir (or a params-only checkpoint).
 
+    python -m glm_jax.eval lm-eval --model_args workdir=DIR[,step=N][,fsdp=4,tensor=2] --tasks bundled_mc \
+        [--num_fewshot 2] [--output_path out/ --log_samples] [any other `lm_eval run` flag]
+
+lm-eval: every argument goes to lm-evaluation-harness's own command line (`lm_eval`), with the
+model `glm_jax` registered (glm_jax/eval/harness.py; `--model glm_jax` is the default) and the
+bundled tasks (`bundled_mc`, `bundled_arith`: data/eval/tasks/) on the include path next to any
+`--include_path` given. Results and `--log_samples` files are lm-eval's. Needs the `eval` extra.
+
     python -m glm_jax.eval passkey --workdir=DIR --lengths=512,1024,2048,4096,8192 --depths=10 \
         [--samples=4] [--step=N] [--out=DIR/eval/passkey] [--tokenizer=FILE]
 
@@ -13,12 +21,78 @@ Writes OUT.json and OUT.png (accuracy heatmap, depth x length) and prints a tabl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+
+from glm_jax.data.paths import DATA_DIR
+
+
+LM_EVAL_TASKS = os.path.join(DATA_DIR, "eval", "tasks")
+
+
+def _flag(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """(value of `--name V` / `--name=V`, args without it)."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2:]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1], args[:i] + args[i + 1:]
+    return None, args
+
+
+def _merged_tasks_dir(paths: list[str], into: str) -> str:
+    """A directory mirroring each of `paths` (file symlinks in real directories, since lm-eval's
+    task scan does not enter symlinked directories): lm-eval takes one --include_path."""
+    for n, root in enumerate(paths):
+        if not os.path.isdir(root):
+            raise SystemExit(f"--include_path {root!r} is not a directory")
+        for d, _, files in os.walk(root, followlinks=True):
+            target = os.path.join(into, str(n), os.path.relpath(d, root))
+            os.makedirs(target, exist_ok=True)
+            for f in files:
+                os.symlink(os.path.abspath(os.path.join(d, f)), os.path.join(target, f))
+    return into
+
+
+def lm_eval_main(args: list[str]) -> int:
+    """`lm_eval ARGS` with the glm_jax model registered and the bundled tasks included."""
+    try:
+        import glm_jax.eval.harness  # noqa: F401  (registers the model `glm_jax`)
+        import glm_jax.eval.scoring
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as e:
+        raise SystemExit(f"lm-eval is not installed ({e}): pip install -e '.[eval]'") from None
+    args = list(args)
+    if args and args[0] in ("ls", "validate", "run"):
+        command, args = args[0], args[1:]
+    else:
+        command = "run"
+    if command == "run" and _flag(args, "--model")[0] is None:
+        args = ["--model", "glm_jax", *args]
+    user_path, args = _flag(args, "--include_path")
+    with tempfile.TemporaryDirectory(prefix="glm_jax-lm_eval-tasks-") as tmp:
+        include = _merged_tasks_dir([LM_EVAL_TASKS, user_path], tmp) if user_path else LM_EVAL_TASKS
+        old = sys.argv
+        sys.argv = ["lm_eval", command, *args, "--include_path", include]
+        try:
+            cli_evaluate()
+        except glm_jax.eval.scoring.RequestError as e:  # a request the model cannot serve: named, nothing run
+            print(f"glm_jax.eval lm-eval: {e}", file=sys.stderr)
+            return 2
+        finally:
+            sys.argv = old
+    return 0
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "lm-eval":
+        return lm_eval_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m glm_jax.eval", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness with the glm_jax model; every further "
+                   "argument is lm_eval's (python -m glm_jax.eval lm-eval --help)")
     pk = sub.add_parser("passkey", help="passkey retrieval across lengths and depths")
     pk.add_argument("--workdir", required=True)
     pk.add_argument("--step", type=int, default=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,29 +69,39 @@ def _step(params, token, cache, key, cfg: ModelConfig, run: RunConfig, s: Sampli
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: Sampling = Sampling(), stop_ids: Sequence[int] = (), key: jax.Array | None = None,
+             should_stop: Callable[[int, list[int]], bool] | None = None, rows: int = 0, prompt_len: int = 0,
              run: RunConfig = RunConfig()) -> list[list[int]]:
-    """Returns each prompt's new tokens (up to and including a stop token)."""
+    """Returns each prompt's new tokens (up to and including a stop token).
+
+    `should_stop(i, new_tokens)`, asked on the host after each token of a running row i, ends
+    that row early when true (e.g. at a stop string; its last token is kept). `rows` and
+    `prompt_len` pad the batch to at least that many rows and positions, so that batches of
+    several sizes share one compiled prefill and step. `run` picks the compute dtype (the cache's too)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     key = jax.random.key(0) if key is None else key
-    lengths = np.array([len(p) for p in prompts], np.int32)
-    padded = np.zeros((len(prompts), lengths.max()), np.int32)
+    n = len(prompts)
+    lengths = np.ones(max(n, rows), np.int32)  # padding rows: one token, done from the start
+    lengths[:n] = [len(p) for p in prompts]
+    padded = np.zeros((len(lengths), max(int(lengths.max()), prompt_len)), np.int32)
     for i, p in enumerate(prompts):
         padded[i, :len(p)] = p
-    cache = decode.init_cache(cfg, len(prompts), int(lengths.max()) + max_new_tokens, run)
+    cache = decode.init_cache(cfg, len(lengths), padded.shape[1] + max_new_tokens, run)
     key, sub = jax.random.split(key)
     token, cache = _prefill(params, jnp.asarray(padded), jnp.asarray(lengths), cache, sub, cfg, run, sampling)
     stop = np.array(list(stop_ids), np.int32)
-    out, done = [], np.zeros(len(prompts), bool)
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = np.arange(len(lengths)) >= n
     for i in range(max_new_tokens):
         host = np.asarray(token)
-        out.append(np.where(done, -1, host))
-        done |= np.isin(host, stop)
+        for r in np.flatnonzero(~done):
+            out[r].append(int(host[r]))
+            if host[r] in stop or (should_stop is not None and should_stop(int(r), out[r])):
+                done[r] = True
         if done.all() or i == max_new_tokens - 1:
             break
         key, sub = jax.random.split(key)
         token, cache = _step(params, token, cache, sub, cfg, run, sampling)
-    cols = np.stack(out, axis=1)
-    return [[int(t) for t in row if t >= 0] for row in cols]
+    return out
