@@ -48,7 +48,7 @@ def _require(ok: bool, field: str, message: str) -> None:
 
 
 # Sections a resumed run may change in full: how it runs, on which devices, how often it saves.
-RESUMABLE_SECTIONS = ("run", "mesh", "checkpoint")
+RESUMABLE_SECTIONS = ("run", "mesh", "checkpoint", "eval")
 
 
 def _resumable(default):
@@ -360,6 +360,21 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation while training (glm_jax/train/evaluate.py): every `every_steps` steps and
+    at a stage's last step, the loss and perplexity of each task of `mixture` on its validation
+    split, computed on the training mesh. It never changes what training computes."""
+
+    every_steps: int = 0  # 0 = no held-out evaluation
+    mixture: str = ""  # a registered task or mixture whose tasks have a validation split; "" = data.mixture
+    batches: int = 4  # batches of train.batch_size rows per task (all of the split when it holds fewer)
+
+    def __post_init__(self):
+        _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0 (0 = off), got {self.every_steps}")
+        _require(self.batches >= 1, "eval.batches", f"must be >= 1, got {self.batches}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DPOConfig:
     """Direct preference optimization (read when `train.objective` is "dpo"; glm_jax/train/dpo.py).
 
@@ -394,10 +409,12 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     data: DataConfig = DataConfig()
     dpo: DPOConfig = DPOConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 _SECTION_TYPES = {"model": ModelConfig, "run": RunConfig, "mesh": MeshConfig, "train": TrainConfig,
-                  "checkpoint": CheckpointConfig, "data": DataConfig, "dpo": DPOConfig}
+                  "checkpoint": CheckpointConfig, "data": DataConfig, "dpo": DPOConfig,
+                  "eval": EvalConfig}
 
 
 def _flat(obj, prefix: str) -> dict[str, Any]:

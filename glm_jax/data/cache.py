@@ -1,8 +1,9 @@
 """Tokenize a seqio Task once into an ArrayRecord cache in shared storage; read it from a local file.
 
 A tf.data pipeline with a Python tokenizer cannot be checkpointed, so tokenization happens here,
-before the checkpointed grain iterator. One directory per (task, vocabulary, source files,
-preprocessors) key under the cache dir (a local path, a shared filesystem, or gs://):
+before the checkpointed grain iterator. One directory per (task, split, vocabulary, source files,
+preprocessors) key under the cache dir (a local path, a shared filesystem, or gs://); the
+`validation` split's directory is named `<task>.validation-<key>`:
 
     <cache_dir>/<task>-<key>/examples.array_record   record i = example i: int32 ids (little
                                                      endian), then uint8 label mask if present,
@@ -92,49 +93,53 @@ def _fn_name(fn) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def entry_name(task: seqio.Task) -> str:
-    """`<task>-<key>`: the task's directory under the cache dir (and in the mirror)."""
+def entry_name(task: seqio.Task, split: str = "train") -> str:
+    """`<task>-<key>` (`<task>.<split>-<key>` for another split than train): the task's directory
+    under the cache dir (and in the mirror)."""
     vocab = task.output_features["targets"].vocabulary
-    desc = {"format": FORMAT_VERSION, "task": task.name,
-            "vocab": getattr(vocab, "fingerprint", repr(vocab)),
-            "source": task.source.fingerprint() if hasattr(task.source, "fingerprint") else repr(task.source),
+    if hasattr(task.source, "fingerprint"):
+        source = task.source.fingerprint(split) if split != "train" else task.source.fingerprint()
+    else:
+        source = repr(task.source)
+    desc = {"format": FORMAT_VERSION, "task": task.name, "split": split,
+            "vocab": getattr(vocab, "fingerprint", repr(vocab)), "source": source,
             "preprocessors": [_fn_name(p) for p in task.preprocessors],
             "features": sorted(task.output_features)}
     key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{task.name.replace('/', '_')}-{key}"
+    return task.name.replace("/", "_") + ("" if split == "train" else f".{split}") + f"-{key}"
 
 
-def is_built(task: seqio.Task, cache_dir: str) -> bool:
-    return storage.isfile(storage.join(cache_dir, entry_name(task), "meta.json"))
+def is_built(task: seqio.Task, cache_dir: str, split: str = "train") -> bool:
+    return storage.isfile(storage.join(cache_dir, entry_name(task, split), "meta.json"))
 
 
-def build(task: seqio.Task, cache_dir: str) -> bool:
-    """Tokenizes `task` (split train) into `cache_dir` unless it is there; True if it tokenized now."""
-    if is_built(task, cache_dir):
+def build(task: seqio.Task, cache_dir: str, split: str = "train") -> bool:
+    """Tokenizes `task`'s `split` into `cache_dir` unless it is there; True if it tokenized now."""
+    if is_built(task, cache_dir, split):
         return False
-    name = entry_name(task)
+    name = entry_name(task, split)
     final = storage.join(cache_dir, name)
     if storage.is_url(cache_dir):
         local = os.path.join(mirror_dir(), name)  # the builder's own mirror comes for free
-        tmp = _tokenize(task, _tmp_name(local))
+        tmp = _tokenize(task, _tmp_name(local), split)
         for f in (*_DATA_FILES, "meta.json"):  # meta.json last: it marks the cache complete
             storage.upload(os.path.join(tmp, f), storage.join(final, f))
         _install(tmp, local)
     else:
         storage.makedirs(cache_dir)
-        _install(_tokenize(task, _tmp_name(final)), final)
+        _install(_tokenize(task, _tmp_name(final), split), final)
     return True
 
 
-def open_cached(task: seqio.Task, cache_dir: str) -> CachedTask:
-    """The handle of `task`'s built cache (mirrored to this host first if it is on gs://).
+def open_cached(task: seqio.Task, cache_dir: str, split: str = "train") -> CachedTask:
+    """The handle of `task`'s built cache of `split` (mirrored to this host first if it is on gs://).
 
     Raises CacheMissing if it was never built.
     """
-    remote = storage.join(cache_dir, entry_name(task))
+    remote = storage.join(cache_dir, entry_name(task, split))
     meta_path = storage.join(remote, "meta.json")
     if not storage.isfile(meta_path):
-        raise CacheMissing(f"no tokenized cache of task {task.name!r} at {remote}")
+        raise CacheMissing(f"no tokenized cache of task {task.name!r} (split {split}) at {remote}")
     local = _mirror(remote, storage.read_text(meta_path)) if storage.is_url(remote) else remote
     with open(os.path.join(local, "meta.json")) as f:
         meta = json.load(f)
@@ -197,8 +202,8 @@ def _mirror(remote: str, meta_text: str) -> str:
     return local
 
 
-def _examples(task: seqio.Task):
-    ds = task.get_dataset(sequence_length=None, split="train", shuffle=False, use_cached=False, num_epochs=1)
+def _examples(task: seqio.Task, split: str):
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False, num_epochs=1)
     it = ds.as_numpy_iterator()
     while True:
         try:
@@ -214,7 +219,7 @@ def _examples(task: seqio.Task):
         yield ex
 
 
-def _tokenize(task: seqio.Task, out: str) -> str:
+def _tokenize(task: seqio.Task, out: str, split: str = "train") -> str:
     """Writes the cache files of `task` into the new local directory `out`; returns `out`."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -223,7 +228,7 @@ def _tokenize(task: seqio.Task, out: str) -> str:
     lengths = []
     writer = ArrayRecordWriter(os.path.join(out, "examples.array_record"), "group_size:1")
     try:
-        for ex in _examples(task):
+        for ex in _examples(task, split):
             ids = np.asarray(ex["targets"], "<i4")
             record = ids.tobytes()
             if has_mask:
@@ -239,11 +244,11 @@ def _tokenize(task: seqio.Task, out: str) -> str:
     writer.close()
     if not lengths:
         shutil.rmtree(out, ignore_errors=True)
-        raise DataError(f"task {task.name!r} produced no examples; check its files")
+        raise DataError(f"task {task.name!r} produced no examples (split {split}); check its files")
     np.save(os.path.join(out, "lengths.npy"), np.asarray(lengths, np.int64))
     splittable = bool(getattr(task.source, "splittable", True))
     with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump({"task": task.name, "num_examples": len(lengths), "num_tokens": int(sum(lengths)),
+        json.dump({"task": task.name, "split": split, "num_examples": len(lengths), "num_tokens": int(sum(lengths)),
                    "has_label_mask": has_mask, "has_pair_part": has_part, "splittable": splittable,
                    "vocab": repr(task.output_features["targets"].vocabulary),
                    "file_sizes": {n: os.path.getsize(os.path.join(out, n)) for n in _DATA_FILES}}, f, indent=1)

@@ -142,12 +142,13 @@ def vocabulary(cfg: Config):
         raise ConfigError("data.tokenizer" if cfg.data.tokenizer else "data.mixture", str(e)) from None
 
 
-def _tasks(cfg: Config) -> list[tuple[object, float]]:
-    """[(seqio task tokenized with the run's vocabulary, rate)] of `data.mixture`, vocab size checked."""
+def _tasks(cfg: Config, mixture_field: str = "data.mixture") -> list[tuple[object, float]]:
+    """[(seqio task tokenized with the run's vocabulary, rate)] of `data.mixture` (or of the field
+    `mixture_field` names, e.g. eval.mixture), vocab size checked."""
     try:
-        resolved = tasks_lib.tasks_and_rates(cfg.data.mixture)
+        resolved = tasks_lib.tasks_and_rates(_mixture(cfg, mixture_field))
     except DataError as e:
-        raise ConfigError("data.mixture", str(e)) from None
+        raise ConfigError(mixture_field, str(e)) from None
     vocab = vocabulary(cfg) if cfg.data.tokenizer else None
     out = []
     for task, rate in resolved:
@@ -163,33 +164,56 @@ def _tasks(cfg: Config) -> list[tuple[object, float]]:
     return out
 
 
+def _mixture(cfg: Config, field: str) -> str:
+    return cfg.eval.mixture or cfg.data.mixture if field == "eval.mixture" else cfg.data.mixture
+
+
+def heldout_tasks(cfg: Config) -> list:
+    """The tasks `eval.mixture` (default data.mixture) evaluates, each of which must have held-out
+    data (a `validation` split); a task without one is a ConfigError naming it."""
+    tasks = [task for task, _ in _tasks(cfg, "eval.mixture")]
+    for task in tasks:
+        if "validation" not in task.source.splits:
+            raise ConfigError("eval.mixture", f"task {task.name!r} (of {_mixture(cfg, 'eval.mixture')!r}) has no "
+                              f"held-out data: its splits are {list(task.source.splits)}. Register it with "
+                              f"validation_files= or heldout_every= (glm_jax/data/tasks.py), evaluate another "
+                              f"mixture, or set eval.every_steps=0")
+    return tasks
+
+
 def build_caches(cfg: Config) -> list[str]:
-    """Tokenizes every task of `data.mixture` whose cache is missing from `data.cache_dir`.
+    """Tokenizes every task of `data.mixture` whose cache is missing from `data.cache_dir`, and
+    with `eval.every_steps` the validation splits of the tasks it evaluates.
 
     Call it once per run (process 0, before a barrier) or run `python -m glm_jax.data build`.
     Returns the names of the tasks tokenized now ([] when everything was cached).
     """
     cache_dir = cache_lib.cache_dir_for(cfg.data.cache_dir)
-    return [task.name for task, _ in _tasks(cfg) if cache_lib.build(task, cache_dir)]
+    built = [task.name for task, _ in _tasks(cfg) if cache_lib.build(task, cache_dir)]
+    if cfg.eval.every_steps:
+        built += [f"{task.name} (validation)" for task in heldout_tasks(cfg)
+                  if cache_lib.build(task, cache_dir, "validation")]
+    return built
+
+
+def _stream(cfg: Config, task, rate: float, split: str, build_missing: bool) -> TaskStream:
+    cache_dir = cache_lib.cache_dir_for(cfg.data.cache_dir)
+    if build_missing:
+        cache_lib.build(task, cache_dir, split)
+    try:
+        cached = cache_lib.open_cached(task, cache_dir, split)
+    except cache_lib.CacheMissing as e:
+        raise ConfigError("data.cache_dir", f"{e}; build the caches first (`python -m glm_jax.data build "
+                          f"--config=...` or `loader.build_caches(cfg)` on one process before the "
+                          f"others open them), or point data.cache_dir at a built cache") from None
+    locations = task.source.locations(split) if hasattr(task.source, "locations") else None
+    return TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len, locations),
+                      task.output_features["targets"].vocabulary, _ReadPiece(cached))
 
 
 def task_streams(cfg: Config, *, build_missing: bool = True) -> list[TaskStream]:
     """Opens each task's cache (tokenizing it first if missing and `build_missing`); piece tables."""
-    cache_dir = cache_lib.cache_dir_for(cfg.data.cache_dir)
-    streams = []
-    for task, rate in _tasks(cfg):
-        if build_missing:
-            cache_lib.build(task, cache_dir)
-        try:
-            cached = cache_lib.open_cached(task, cache_dir)
-        except cache_lib.CacheMissing as e:
-            raise ConfigError("data.cache_dir", f"{e}; build the caches first (`python -m glm_jax.data build "
-                              f"--config=...` or `loader.build_caches(cfg)` on one process before the "
-                              f"others open them), or point data.cache_dir at a built cache") from None
-        locations = task.source.locations() if hasattr(task.source, "locations") else None
-        streams.append(TaskStream(cached, rate, piece_table(cached, cfg.train.seq_len, locations),
-                                  task.output_features["targets"].vocabulary, _ReadPiece(cached)))
-    return streams
+    return [_stream(cfg, task, rate, "train", build_missing) for task, rate in _tasks(cfg)]
 
 
 def row_examples(cfg: Config, streams: list[TaskStream], row: int, *, num_epochs: int | None = None,
@@ -331,11 +355,32 @@ def make_iterator(cfg: Config, *, rows: Sequence[int], build_missing: bool = Tru
     return RowsIterator(rows, its, cfg.data.read_threads)
 
 
+def _packed_once(cfg: Config, streams: list[TaskStream]):
+    """The streams' examples once, in file order, packed into rows (an iterator of [T] dicts)."""
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1))
+    return iter(pack(row_examples(one, streams, 0, num_epochs=1, shuffle=False), one, 0,
+                     pairs=cfg.train.objective == "dpo"))
+
+
 def epoch_rows(cfg: Config, *, build_missing: bool = True) -> dict[str, np.ndarray]:
     """Every example of `data.mixture` once, in file order, packed into rows: dicts of [N, T]
     arrays (the contract's fields), e.g. to evaluate on a held-out set. Not checkpointable."""
-    streams = task_streams(cfg, build_missing=build_missing)
-    pairs = cfg.train.objective == "dpo"
-    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1))
-    rows = list(pack(row_examples(one, streams, 0, num_epochs=1, shuffle=False), one, 0, pairs=pairs))
+    rows = list(_packed_once(cfg, task_streams(cfg, build_missing=build_missing)))
     return {k: np.stack([r[k] for r in rows]) for k in FEATURES}
+
+
+def heldout_batches(cfg: Config, *, rows: Sequence[int], build_missing: bool = True) -> dict[str, list[dict]]:
+    """{task: [batch, ...]} of every task `eval.mixture` evaluates: its validation split once, in
+    file order, packed into rows of train.seq_len, at most `eval.batches` batches of
+    train.batch_size rows (the last one topped up with empty rows: loss_mask 0). Each batch holds
+    this host's global rows `rows` ([len(rows), T] arrays); every host packs the same rows, so any
+    host count sees the same held-out set."""
+    B, out = cfg.train.batch_size, {}
+    for task in heldout_tasks(cfg):
+        packed = _packed_once(cfg, [_stream(cfg, task, 1.0, "validation", build_missing)])
+        got = [r for _, r in zip(range(cfg.eval.batches * B), packed)]
+        empty = {k: np.zeros_like(v) for k, v in got[0].items()}
+        got += [empty] * (-len(got) % B)
+        out[task.name] = [{k: np.stack([got[b * B + int(r)][k] for r in rows]) for k in FEATURES}
+                          for b in range(len(got) // B)]
+    return out

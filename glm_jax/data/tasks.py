@@ -11,6 +11,11 @@ Your own data: `register_text_task(name, "dir/*.jsonl.gz")` (one document per js
 files)` (pairs for `train.objective=dpo`, format: preference.py), `register_mixture(name,
 [(task, rate), ...])`, then `--config.data.mixture=name`.
 
+Held-out data (the `validation` split, what `eval.every_steps` evaluates): `validation_files=` of
+their own, or `heldout_every=n`, which holds every n-th document of the files out of `train`
+(training never reads it). The bundled text and chat tasks hold out every HELDOUT_EVERY-th
+document; bundled_prefs' validation split is data/preference/heldout.jsonl.
+
 Each Task tokenizes with its output feature `targets`' vocabulary (a `seqio.Vocabulary` from
 tokenizer.py) and has a `label_mask` feature (1 = a token training predicts): text -> ids +
 `<|endoftext|>`, all labels; chat -> `chat.render` ids, labels only where the assistant speaks;
@@ -40,8 +45,29 @@ from glm_jax.data.paths import DATA_DIR
 from glm_jax.data.tokenizer import bundled_tokenizer
 
 
+HELDOUT_EVERY = 10  # the bundled corpus and chat tasks: every 10th document is held out
+
+
+def _files(patterns: str | Sequence[str] | None, kind: str) -> tuple[str, ...]:
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns or ())
+    files = []
+    for p in patterns:
+        matched = storage.glob(p)
+        if not matched:
+            raise DataError(f"no file matches {p!r}; give existing .jsonl/.jsonl.gz/.txt/.txt.gz paths or globs")
+        files += matched
+    for f in files:
+        if not f.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")):
+            raise DataError(f"{f}: unsupported file type; use .jsonl, .jsonl.gz, .txt or .txt.gz")
+        if kind in ("chat", "preference") and not f.endswith((".jsonl", ".jsonl.gz")):
+            raise DataError(f"{f}: {kind} rows must be .jsonl[.gz], one per line")
+    return tuple(storage.resolve(f) for f in files)
+
+
 class DocumentSource(seqio.FunctionDataSource):
-    """Documents from files (local paths or gs:// URLs, globs allowed), in sorted file order, split `train`.
+    """Documents from files (local paths or gs:// URLs, globs allowed), in sorted file order:
+    split `train`, and `validation` when the source has held-out data (`validation_files`, or
+    every `heldout_every`-th document of the files, which `train` then skips).
 
     `.jsonl[.gz]`: one document per line, `text_key` field (chat: the whole row is a conversation).
     `.txt[.gz]`: the whole file is one document. `kind`: text, chat (the row is a conversation)
@@ -49,40 +75,48 @@ class DocumentSource(seqio.FunctionDataSource):
     (text yes; a conversation or a pair never).
     """
 
-    def __init__(self, patterns: str | Sequence[str], *, text_key: str = "text", kind: str = "text"):
-        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-        files = []
-        for p in patterns:
-            matched = storage.glob(p)
-            if not matched:
-                raise DataError(f"no file matches {p!r}; give existing .jsonl/.jsonl.gz/.txt/.txt.gz paths or globs")
-            files += matched
-        for f in files:
-            if not f.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")):
-                raise DataError(f"{f}: unsupported file type; use .jsonl, .jsonl.gz, .txt or .txt.gz")
-            if kind in ("chat", "preference") and not f.endswith((".jsonl", ".jsonl.gz")):
-                raise DataError(f"{f}: {kind} rows must be .jsonl[.gz], one per line")
-        self.files = tuple(storage.resolve(f) for f in files)
+    def __init__(self, patterns: str | Sequence[str], *, text_key: str = "text", kind: str = "text",
+                 validation_files: str | Sequence[str] | None = None, heldout_every: int = 0):
+        if validation_files and heldout_every:
+            raise DataError("give held-out data as validation_files or as heldout_every, not both")
+        if heldout_every < 0 or heldout_every == 1:
+            raise DataError(f"heldout_every={heldout_every}: hold out every n-th document with n >= 2, or 0 for none")
+        self.files = _files(patterns, kind)
+        self.validation_files = _files(validation_files, kind)
+        self.heldout_every = heldout_every
         self.text_key = text_key
         self.kind = kind
         self.splittable = kind == "text"
-        super().__init__(dataset_fn=self._dataset_fn, splits=("train",))
+        has_validation = bool(self.validation_files) or heldout_every > 0
+        super().__init__(dataset_fn=self._dataset_fn, splits=("train", "validation") if has_validation else ("train",))
 
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.kind}|{self.text_key}".encode())
-        for f in self.files:
+    def fingerprint(self, split: str = "train") -> str:
+        h = hashlib.sha256(f"{self.kind}|{self.text_key}|{split}|{self.heldout_every}".encode())
+        for f in self._split_files(split):
             size, mtime_ns = storage.stat(f)
             h.update(f"|{f}|{size}|{mtime_ns}".encode())
         return h.hexdigest()[:16]
 
-    def locations(self) -> Iterator[str]:
-        """`file:line` of each document in order (document i is the i-th one yielded)."""
-        for path, lineno, _ in self._lines():
+    def _split_files(self, split: str) -> tuple[str, ...]:
+        if split not in self.splits:
+            raise DataError(f"split {split!r}: this source has splits {list(self.splits)}")
+        return self.validation_files if split == "validation" and self.validation_files else self.files
+
+    def locations(self, split: str = "train") -> Iterator[str]:
+        """`file:line` of each document of `split` in order (document i is the i-th one yielded)."""
+        for path, lineno, _ in self._lines(split):
             yield f"{path}:{lineno}" if lineno else path
 
-    def _lines(self) -> Iterator[tuple[str, int, str]]:
-        """(file, line number or 0 for a whole .txt file, text) of every non-blank row."""
-        for path in self.files:
+    def _lines(self, split: str = "train") -> Iterator[tuple[str, int, str]]:
+        """(file, line number or 0 for a whole .txt file, text) of every non-blank row of `split`."""
+        rows = self._all_lines(self._split_files(split))
+        if self.heldout_every:
+            held = split == "validation"
+            rows = (r for i, r in enumerate(rows) if (i % self.heldout_every == self.heldout_every - 1) == held)
+        yield from rows
+
+    def _all_lines(self, files) -> Iterator[tuple[str, int, str]]:
+        for path in files:
             with storage.open_file(path, "rb") as raw, \
                     io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw,
                                      encoding="utf-8") as f:
@@ -93,10 +127,10 @@ class DocumentSource(seqio.FunctionDataSource):
                     if line.strip():
                         yield path, lineno, line
 
-    def documents(self) -> Iterator[str]:
-        """Each document's text (chat: the conversation as JSON; preference: the pair as JSON),
-        validated; errors name file:line."""
-        for path, lineno, text in self._lines():
+    def documents(self, split: str = "train") -> Iterator[str]:
+        """Each document's text of `split` (chat: the conversation as JSON; preference: the pair
+        as JSON), validated; errors name file:line."""
+        for path, lineno, text in self._lines(split):
             if not lineno:
                 yield text
                 continue
@@ -118,8 +152,9 @@ class DocumentSource(seqio.FunctionDataSource):
                 yield row[self.text_key]
 
     def _dataset_fn(self, split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del split, shuffle_files, seed  # order is fixed; grain shuffles after caching
-        ds = tf.data.Dataset.from_generator(self.documents, output_signature=tf.TensorSpec((), tf.string))
+        del shuffle_files, seed  # order is fixed; grain shuffles after caching
+        self._split_files(split)  # an unknown split fails here, naming the ones there are
+        ds = tf.data.Dataset.from_generator(lambda: self.documents(split), output_signature=tf.TensorSpec((), tf.string))
         return ds.map(lambda s: {"text": s})
 
 
@@ -186,19 +221,26 @@ def _add_task(name: str, source: DocumentSource, vocab) -> seqio.Task:
                                   output_features=_features(vocab, source.kind), metric_fns=[])
 
 
-def register_text_task(name: str, files: str | Sequence[str], *, vocabulary=None, text_key: str = "text"):
-    """Pretraining text from local or gs:// files/globs (.jsonl[.gz] rows with `text_key`, or whole .txt[.gz])."""
-    return _add_task(name, DocumentSource(files, text_key=text_key), vocabulary or bundled_tokenizer())
+def register_text_task(name: str, files: str | Sequence[str], *, vocabulary=None, text_key: str = "text",
+                       validation_files=None, heldout_every: int = 0):
+    """Pretraining text from local or gs:// files/globs (.jsonl[.gz] rows with `text_key`, or whole
+    .txt[.gz]); held-out data as in the module docstring."""
+    return _add_task(name, DocumentSource(files, text_key=text_key, validation_files=validation_files,
+                                          heldout_every=heldout_every), vocabulary or bundled_tokenizer())
 
 
-def register_chat_task(name: str, files: str | Sequence[str], *, vocabulary=None):
+def register_chat_task(name: str, files: str | Sequence[str], *, vocabulary=None, validation_files=None,
+                       heldout_every: int = 0):
     """Chat/tool SFT from .jsonl[.gz] conversations (format: glm_jax/data/chat.py)."""
-    return _add_task(name, DocumentSource(files, kind="chat"), vocabulary or bundled_tokenizer())
+    return _add_task(name, DocumentSource(files, kind="chat", validation_files=validation_files,
+                                          heldout_every=heldout_every), vocabulary or bundled_tokenizer())
 
 
-def register_preference_task(name: str, files: str | Sequence[str], *, vocabulary=None):
+def register_preference_task(name: str, files: str | Sequence[str], *, vocabulary=None, validation_files=None,
+                             heldout_every: int = 0):
     """DPO preference pairs from .jsonl[.gz] rows (format: glm_jax/data/preference.py)."""
-    return _add_task(name, DocumentSource(files, kind="preference"), vocabulary or bundled_tokenizer())
+    return _add_task(name, DocumentSource(files, kind="preference", validation_files=validation_files,
+                                          heldout_every=heldout_every), vocabulary or bundled_tokenizer())
 
 
 def task_kind(task: seqio.Task) -> str:
@@ -246,9 +288,10 @@ def with_vocabulary(task: seqio.Task, vocab) -> seqio.Task:
 def _register_bundled() -> None:
     corpus = os.path.join(DATA_DIR, "corpus")
     for lang in ("zh", "en", "code"):
-        register_text_task(f"bundled_{lang}", os.path.join(corpus, f"{lang}.jsonl.gz"))
-    register_chat_task("bundled_chat_sft", os.path.join(DATA_DIR, "sft", "chat_sft.jsonl"))
-    register_preference_task("bundled_prefs", os.path.join(DATA_DIR, "preference", "train.jsonl"))
+        register_text_task(f"bundled_{lang}", os.path.join(corpus, f"{lang}.jsonl.gz"), heldout_every=HELDOUT_EVERY)
+    register_chat_task("bundled_chat_sft", os.path.join(DATA_DIR, "sft", "chat_sft.jsonl"), heldout_every=HELDOUT_EVERY)
+    register_preference_task("bundled_prefs", os.path.join(DATA_DIR, "preference", "train.jsonl"),
+                             validation_files=os.path.join(DATA_DIR, "preference", "heldout.jsonl"))
     register_preference_task("bundled_prefs_heldout", os.path.join(DATA_DIR, "preference", "heldout.jsonl"))
     register_mixture("bundled_zh_en", [("bundled_zh", 0.45), ("bundled_en", 0.35), ("bundled_code", 0.20)])
     register_mixture("bundled_sft_mix", [("bundled_chat_sft", 0.5), ("bundled_zh", 0.25), ("bundled_en", 0.25)])

@@ -37,6 +37,13 @@ def make_data_iterator(cfg, *, rows):
     return make_iterator(cfg, rows=rows, build_missing=False)  # prepare_data built them
 
 
+def heldout_data(cfg, *, rows):
+    """Held-out batches of the tasks `eval.mixture` evaluates (glm_jax.data.loader)."""
+    from glm_jax.data.loader import heldout_batches  # noqa: PLC0415
+
+    return heldout_batches(cfg, rows=rows, build_missing=False)  # prepare_data built them
+
+
 def prepare_data(cfg):
     """Tokenizes the mixture's missing caches into data.cache_dir (run by process 0 only)."""
     from glm_jax.data.loader import build_caches  # noqa: PLC0415
@@ -55,7 +62,8 @@ def main(argv):
                                    process_id=_flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", "this process's index"))
     from glm_jax.train import loop
 
-    result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data)
+    result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data,
+                      heldout_batches=heldout_data)
     if jax.process_index() == 0:
         print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
     if _DISTRIBUTED.value:

@@ -10,6 +10,10 @@ from a dict holding at least those. Row r's stream must not depend on the proces
 a checkpoint written by N processes resumes on M with exactly the next examples.
 `prepare_data(cfg)`, if given, runs on process 0 alone before every other process starts
 reading (a barrier), e.g. to tokenize the data cache once into shared storage.
+`heldout_batches(cfg, *, rows)` gives a stage with `eval.every_steps` its held-out batches
+({task: [batch of `rows`, ...]}, glm_jax.data.loader.heldout_batches), evaluated every
+`eval.every_steps` steps and at the stage's last step (glm_jax.train.evaluate); the results join
+that step's metrics row.
 
 Per stage: Mesh -> Restore or init -> Loop (step, metrics, checkpoint, preemption check). A stage
 resumes from its own latest checkpoint; a new stage starts from the previous stage's last
@@ -40,6 +44,7 @@ import numpy as np
 from glm_jax import config as config_lib, sharding, storage
 from glm_jax.config import Config, ConfigError
 from glm_jax.train import checkpoint as ckpt_lib
+from glm_jax.train import evaluate as evaluate_lib
 from glm_jax.train import optimizer as opt_lib
 from glm_jax.train import state as state_lib
 from glm_jax.train import validation
@@ -159,7 +164,8 @@ def _first_bad(rows: list[dict]) -> dict | None:
 
 
 def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[str, Config] | None,
-                make_iterator: MakeIterator, preemption: _Preemption) -> RunResult:
+                make_iterator: MakeIterator, preemption: _Preemption,
+                heldout_batches: MakeIterator | None = None) -> RunResult:
     end = start + cfg.train.steps
     mesh = sharding.make_mesh(cfg.mesh)  # shapes were checked for every stage by validation.check_run
     ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, name), cfg.checkpoint)
@@ -183,6 +189,11 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
             state = _start_state(name, cfg, mesh, tx, workdir, prev, start)
         step_fn = make_train_step(cfg, mesh, stage_start=start, tx=tx)
         extra = (_reference(name, cfg, mesh, workdir, prev, start),) if cfg.train.objective == "dpo" else ()
+        heldout = None
+        if cfg.eval.every_steps:
+            if heldout_batches is None:
+                raise ValueError("eval.every_steps is set but the loop was given no heldout_batches")
+            heldout = evaluate_lib.HeldOut(cfg, mesh, heldout_batches(cfg, rows=rows), rows, *extra)
         step = int(jax.device_get(state.step))
         metrics = Metrics(workdir, name, cfg, step, end)
         every, log_every = cfg.checkpoint.every_steps, cfg.train.log_every
@@ -198,10 +209,14 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
                 state, m = step_fn(state, batch, *extra)
                 step += 1
                 metrics.record(step, m)
+                evaluated = heldout is not None and (step % cfg.eval.every_steps == 0 or step == end)
+                if evaluated:  # before the preemption check: a SIGTERM during it saves this step
+                    _log(f"[{name}] evaluating held-out data at step {step}")
+                    metrics.record_eval(step, heldout.evaluate(state.params))
                 preempted = step < end and preemption.reached(ckpts.manager, step)
                 save = step % every == 0 or step == end or preempted
                 # The launch's first step is flushed alone: its time is the compile, not a step.
-                if save or step % log_every == 0 or step == first + 1:
+                if save or evaluated or step % log_every == 0 or step == first + 1:
                     bad = _first_bad(metrics.flush())
                     if bad is not None:
                         ckpts.wait()
@@ -261,7 +276,8 @@ def _with_checkpoint_tokenizer(cfg: Config) -> Config:
 
 
 def run(cd, workdir: str, make_iterator: MakeIterator,
-        prepare_data: Callable[[Config], Any] | None = None) -> RunResult:
+        prepare_data: Callable[[Config], Any] | None = None,
+        heldout_batches: MakeIterator | None = None) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir` (local or gs://), resuming whatever was done there before."""
     workdir = storage.resolve(workdir)
@@ -274,7 +290,7 @@ def run(cd, workdir: str, make_iterator: MakeIterator,
     with _Preemption() as preemption:
         for name, cfg in stages:
             t0 = time.perf_counter()
-            result = train_stage(name, cfg, workdir, start, prev, make_iterator, preemption)
+            result = train_stage(name, cfg, workdir, start, prev, make_iterator, preemption, heldout_batches)
             if result.status == "preempted":
                 return result
             _log(f"[{name}] done at step {result.step} ({time.perf_counter() - t0:.1f} s)")

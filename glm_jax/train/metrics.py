@@ -88,6 +88,10 @@ class _Chunks:
                                "\n".join(self.rows) + "\n")
 
 
+def _held_out(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k.startswith("eval/")}
+
+
 class Metrics:
     """Rows for every step, and every `train.log_every` steps TensorBoard scalars and a progress
     line with ETA. Only process 0 writes anything."""
@@ -117,6 +121,14 @@ class Metrics:
         """Keeps step `step`'s metrics (device arrays, not fetched)."""
         self._pending.append((step, m))
 
+    def record_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """Adds held-out scalars (`eval/<task>/<metric>`) to step `step`'s row, which is then logged."""
+        for i, (s, m) in enumerate(self._pending):
+            if s == step:
+                self._pending[i] = (s, {**m, **scalars})
+                return
+        raise ValueError(f"step {step} has no pending metrics to add held-out results to")
+
     def flush(self) -> list[dict]:
         """Fetches the pending steps' metrics (one transfer), writes their rows, and on a log step
         the scalars and progress line; returns the rows (host floats)."""
@@ -138,7 +150,7 @@ class Metrics:
         if self.chunks:
             self.chunks.write(rows)
         last = rows[-1]
-        if last["step"] % self.cfg.train.log_every == 0 or last["step"] == self.end:
+        if last["step"] % self.cfg.train.log_every == 0 or last["step"] == self.end or _held_out(last):
             self._log(last)
         return rows
 
@@ -150,6 +162,9 @@ class Metrics:
             line += f"  mtp_loss {row['mtp_loss']:.4f}  load max/mean {row['moe_load_imbalance']:.2f}"
         if "preference_accuracy" in row:  # DPO
             line += f"  acc {row['preference_accuracy']:.2f}  margin {row['reward_margin']:.3f}"
+        held_out = {k.split("/")[1]: v for k, v in _held_out(row).items() if k.endswith("/loss")}
+        if held_out:  # every eval/<task>/<metric> goes to the metrics rows and TensorBoard; the line shows losses
+            line += "  held-out loss " + " ".join(f"{task} {v:.4f}" for task, v in held_out.items())
         if self._timed_steps:
             sec = self._timed / self._timed_steps
             scalars["tokens_per_sec"] = self.tokens_per_step / sec

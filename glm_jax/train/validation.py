@@ -142,6 +142,10 @@ def check_stages(stages: list[tuple[str, Config]], *, num_devices: int, num_proc
             if i == 0:
                 check_init_from(cfg)
             check_reference(cfg, first=i == 0)
+            if cfg.eval.every_steps:  # every task it evaluates has held-out data
+                from glm_jax.data.loader import heldout_tasks  # noqa: PLC0415 (imports TensorFlow)
+
+                heldout_tasks(cfg)
         except ConfigError as e:
             if len(stages) == 1:
                 raise
