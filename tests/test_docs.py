@@ -59,7 +59,8 @@ ALWAYS_RUN = {"glm_jax.model"}  # allocates nothing: cheap for any config
 # Debug-size commands dry-run on purpose: minutes of compiling on 2 cores, and run for real elsewhere.
 DRY_ANYWAY = {"configs/debug_moe.py": "tests/moe/test_train.py trains it",
               "launch/local.sh": "tests/test_launch.py runs it as 2 processes"}
-SUBCOMMANDS = {"glm_jax.convert": {"to-hf", "from-hf"}, "glm_jax.data": {"show", "build"}, "glm_jax.eval": {"passkey"}}
+SUBCOMMANDS = {"glm_jax.convert": {"to-hf", "from-hf"}, "glm_jax.data": {"show", "build"},
+               "glm_jax.eval": {"passkey", "lm-eval"}}
 LAUNCHERS = {"launch/local.sh": "run", "launch/tpu.sh": "dry-run flag", "launch/gke.sh": "dry-run flag"}
 # Only inside the README's set-up blocks: what .ci/run itself executes (the venv, the suite).
 SETUP = {"venv", "pip", "pytest", "rm"}
