@@ -39,6 +39,17 @@ def tiny_model(**overrides):
     return ModelConfig(**base)
 
 
+def tiny_moe(**overrides):
+    """3 layers (the first dense), 8 experts top-2 in 2 groups (1 per token), a shared expert,
+    QK-norm, partial rotate-half rotary, Q/K/V bias: the parity model of the MoE issue."""
+    base = dict(name="tiny_moe", num_layers=3, num_heads=4, kv_groups=2, head_dim=16, hidden_size=64,
+                ffn_hidden_size=96, rotary_style="half", qk_norm=True, num_experts=8, experts_per_token=2,
+                moe_ffn_hidden_size=32, num_shared_experts=1, first_dense_layers=1, expert_groups=2,
+                expert_groups_per_token=1, routed_scaling_factor=1.5, rope_ratio=3.0)
+    base.update(overrides)
+    return tiny_model(**base)
+
+
 def replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
