@@ -7,16 +7,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402,F401  (reads its config from the environment here: the cache below skips this process)
 import pytest  # noqa: E402
 
 # The processes tests start (the CLI, workers, launched pods) compile the same debug-model steps
-# again and again: they share one persistent compilation cache per test run (both xdist workers).
-# Set after jax is imported so the test processes' own compiles (some read memory_analysis) stay fresh.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"glm-jax-tests-jit-{_RUN}"))
+# again and again: they share one persistent compilation cache per test run (both xdist workers),
+# every compile cached however short. A size cap turns on the cache's file lock, so a process never
+# reads an entry another is still writing. Set after jax is imported so the test processes' own
+# compiles (some read memory_analysis) stay fresh. The xdist workers inherit the controller's
+# environment, so all find the directory made here.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="glm-jax-tests-jit-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 1024 ** 3))
+
+
+def pytest_sessionfinish(session):
+    if _OWN_CACHE and "PYTEST_XDIST_WORKER" not in os.environ:  # the process that made it, after the workers
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
