@@ -37,7 +37,24 @@ fi
 case "$log_dir" in *://*) die "--log_dir must be a local folder, not '$log_dir'" ;; esac
 
 python="${PYTHON:-python3}"
-port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The coordinator's port: free, and below the kernel's ephemeral range, where no outgoing
+# connection can take it while the processes start (bind(0) would hand out an ephemeral one).
+port=$("$python" -c '
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except OSError:
+    low = 32768
+for port in random.sample(range(max(1024, low - 12000), low), 200):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+')
+[ -n "$port" ] || die "no free port for the coordinator on 127.0.0.1"
 mkdir -p "$log_dir"
 log_dir="$(cd "$log_dir" && pwd)"
 echo "launch/local.sh: process logs in $log_dir/" >&2

@@ -1,27 +1,14 @@
 """AOT: the real train step of the debug model compiles for a TPU topology (v5e:2x2) on CPU."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def _tpu_env():
-    """A subprocess's environment: libtpu's compiler and the 8 simulated CPU devices of the test
-    process stay apart; each TPU compile here is done once (no persistent cache)."""
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    return env
+from tests import cli
 
 
 def _aot(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "glm_jax.aot", *args], env=_tpu_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return cli.run("-m", "glm_jax.aot", *args, env=cli.tpu_env(), timeout=timeout, check=False)
 
 
 @pytest.mark.slow
@@ -103,9 +90,7 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
     visits 3 of 4 blocks at T = 256. Measured once each (XLA / model): reference 1.082
     unsharded, 1.086 with sequence=4; flash 1.093 and 1.097 (flash recomputes QK^T and dP in both
     backward kernels: 9 block products where the model formula counts 6)."""
-    env = _tpu_env()
-    proc = subprocess.run([sys.executable, "-m", "tests.aot_flops"], env=env, capture_output=True, text=True,
-                          timeout=3600, cwd=REPO)
+    proc = cli.run("-m", "tests.aot_flops", env=cli.tpu_env(), timeout=3600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {(r["attention"], r["topology"]) for r in rows} == {(a, t) for a in ("reference", "flash")
@@ -115,11 +100,9 @@ def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_
 
 
 def test_v7_names_resolve_to_ironwood_and_the_chip_table_knows_it():
-    env = _tpu_env()
-    code = ("from glm_jax import aot; d = aot.topology_devices('v7:2x2x1'); "
-            "from glm_jax import accelerators; c = accelerators.lookup(d[0].device_kind); assert c; "
-            "print(d[0].device_kind, len(d), c.devices_per_chip)")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    code = ("from glm_jax import accelerators, aot; d = aot.topology_devices('v7:2x2x1'); "
+            "c = accelerators.lookup(d[0].device_kind); assert c; print(d[0].device_kind, len(d), c.devices_per_chip)")
+    proc = cli.run("-c", code, env=cli.tpu_env(), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     kind, n, per_chip = proc.stdout.split()[-3:]
     assert kind == "TPU7x" and int(n) == 4 * int(per_chip)  # 2x2x1 chips, two TensorCore devices each
@@ -131,8 +114,7 @@ def test_a_mesh_axis_that_is_no_product_of_physical_axes_splits_one():
     code = ("from glm_jax import aot, config, sharding; d = aot.topology_devices('v5p:4x4x4'); "
             "m = sharding.make_mesh(config.MeshConfig(data=1, fsdp=2, expert=32, tensor=1), d); "
             "assert sorted(x.id for x in m.devices.flat) == sorted(x.id for x in d); print(dict(m.shape))")
-    proc = subprocess.run([sys.executable, "-c", code], env=_tpu_env(), capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    proc = cli.run("-c", code, env=cli.tpu_env(), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == str({"data": 1, "fsdp": 2, "expert": 32, "sequence": 1, "tensor": 1})
 
@@ -183,8 +165,7 @@ f = jax.shard_map(lambda ws: jax.lax.scan(body, jnp.zeros(()), ws)[0], mesh=mesh
 ws = jax.ShapeDtypeStruct((7, 16, 128), jnp.float32, sharding=NamedSharding(mesh, P(None, "x")))
 print(aot.collectives(jax.jit(f).lower(ws).compile().as_text()))
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=_tpu_env(), capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    proc = cli.run("-c", code, env=cli.tpu_env(), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == str({"all-reduce": {"count": 7, "bytes": 7 * 16 * 32 * 4}})
 
@@ -219,8 +200,7 @@ cfg = config.load("configs/debug_moe.py", ["mesh.expert=2", "mesh.fsdp=2", "trai
 flops = aot.step_costs(cfg, aot.topology_devices("v5p:2x2x1"))["flops"]
 print(flops * 4 / (metrics.train_flops_per_token(cfg.model, 128) * 4 * 128))
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=_tpu_env(), capture_output=True, text=True, timeout=900,
-                          cwd=REPO)
+    proc = cli.run("-c", code, env=cli.tpu_env(), timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 1.0 < float(proc.stdout.split()[-1]) < 1.4, proc.stdout
 
@@ -245,9 +225,7 @@ for name, kern in (("flash", flash_attention), ("splash", splash_attention)):
     cost = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv).compile().cost_analysis()
     print(name, (cost[0] if isinstance(cost, list) else cost)["flops"])
 """
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = cli.run("-c", code, env=cli.tpu_env(), timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(line.split() for line in proc.stdout.splitlines() if line.split()[0] in ("expected", "flash", "splash"))
     expected = float(got["expected"])

@@ -1,27 +1,20 @@
 """Every CLI is quiet like `train`: no absl / orbax / TensorFlow INFO lines on stderr unless
 `--verbose` (glm_jax/cli.py), run as a user runs them, on one tiny trained run."""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests import cli
 
-ENV = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has: the CLI itself must quiet TensorFlow
+ENV = cli.env(quiet=False)  # what a user's shell has: the CLI itself must quiet TensorFlow
 # absl's log prefix (Python and C++: "I0102 03:04:05.678 ..."), Python logging's default, and
 # TensorFlow's C++ start-up line.
 INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d|^INFO:|absl::InitializeLog", re.MULTILINE)
 
 
 def _run(*args):
-    proc = subprocess.run([sys.executable, "-m", *args], env=ENV, capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return cli.run("-m", *args, env=ENV)
 
 
 @pytest.fixture(scope="module")

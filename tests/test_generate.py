@@ -1,9 +1,6 @@
 """`python -m glm_jax.generate`: sharded KV-cache generation from a checkpoint or a HF directory."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -14,15 +11,12 @@ from glm_jax.data.tokenizer import bundled_tokenizer
 from glm_jax.generate import prompt_ids
 from glm_jax.model import sampling
 from glm_jax.train.checkpoint import save_params
-from tests.conftest import REPO
+from tests import cli
 
-ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
 def _generate(*flags):
-    proc = subprocess.run([sys.executable, "-m", "glm_jax.generate", *flags], env=ENV, cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = cli.run("-m", "glm_jax.generate", *flags, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 

@@ -10,6 +10,7 @@ import tarfile
 
 import pytest
 
+from tests import cli
 from tests.conftest import REPO
 
 TPU_SH = os.path.join(REPO, "launch", "tpu.sh")
@@ -115,11 +116,8 @@ def test_config_outside_the_checkout_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_local_sh_trains_two_processes_and_checkpoints(tmp_path):
-    import sys
-
     workdir = tmp_path / "run"
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("XLA_FLAGS", None)
+    env = cli.env(devices=None, PYTHON=sys.executable)  # local.sh gives each process its devices
     proc = subprocess.run(["bash", os.path.join(REPO, "launch", "local.sh"), "-n", "2", "--config=configs/debug.py",
                            f"--workdir={workdir}", "--config.train.steps=4", "--config.train.seq_len=128",
                            "--config.checkpoint.every_steps=2"], env=env, cwd=REPO, capture_output=True, text=True,
@@ -160,9 +158,9 @@ def test_local_sh_needs_a_process_count():
 
 
 def test_train_cli_names_a_bad_process_env():
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_NUM_PROCESSES="two", JAX_COORDINATOR_ADDRESS="127.0.0.1:1")
-    proc = subprocess.run([sys.executable, "-m", "glm_jax.train", "--config=configs/debug.py", "--workdir=/nonexistent",
-                           "--distributed"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = cli.env(JAX_NUM_PROCESSES="two", JAX_COORDINATOR_ADDRESS="127.0.0.1:1")
+    proc = cli.run("-m", "glm_jax.train", "--config=configs/debug.py", "--workdir=/nonexistent", "--distributed",
+                   env=env, timeout=120, check=False)
     assert proc.returncode != 0
     assert "JAX_NUM_PROCESSES='two' is not an integer" in proc.stderr and "--num_processes" in proc.stderr
 
@@ -170,10 +168,8 @@ def test_train_cli_names_a_bad_process_env():
 # ---- the gcloud stand-in: what launch/tpu.sh sends, run on local worker directories ------------
 
 def _standin_env(state, **extra):
-    env = dict(os.environ, PATH=STANDIN_BIN + os.pathsep + os.environ["PATH"], GCLOUD_STANDIN_STATE=str(state),
-               GCLOUD_STANDIN_PYTHON=sys.executable, **extra)
-    env.pop("XLA_FLAGS", None)
-    return env
+    return cli.env(devices=None, PATH=STANDIN_BIN + os.pathsep + os.environ["PATH"], GCLOUD_STANDIN_STATE=state,
+                   GCLOUD_STANDIN_PYTHON=sys.executable, **extra)
 
 
 def _gcloud(env, *args, timeout=120):

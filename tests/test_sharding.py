@@ -1,9 +1,5 @@
 """Mesh from config, the rule table on params, global batches, and the embedding lookup."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 from glm_jax import sharding
 from glm_jax.config import ConfigError, MeshConfig
 from glm_jax.model import param_specs
-from tests.conftest import REPO, tiny_model
+from tests import cli
+from tests.conftest import tiny_model
 
 
 def test_minus_one_fills_the_remaining_devices():
@@ -41,7 +38,7 @@ def test_on_an_expert_mesh_every_weight_matrix_is_split_over_every_device():
     """expert=4 x fsdp=2: routed experts over expert (experts) x fsdp (embed), every other matrix
     (attention, router, shared expert, embeddings, MTP) over fsdp x expert: each device holds an
     eighth of every matrix, none is repeated on the 4 expert shards (ZeRO-3 over both axes)."""
-    from tests.moe.hf_glm4moe import tiny_moe
+    from tests.conftest import tiny_moe
 
     mesh = sharding.make_mesh(MeshConfig(expert=4, fsdp=2))
     specs = param_specs(tiny_moe(mtp_layers=1))
@@ -83,11 +80,9 @@ with jax.set_mesh(mesh):
 
 
 def _compile_log(which: str) -> str:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", PYTHONPATH=REPO,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the warning is printed by a compile, never by a cache hit
-    proc = subprocess.run([sys.executable, "-c", _REMAT_PROBE, which], env=env, capture_output=True, text=True,
-                          timeout=120)
+    # TF_CPP_MIN_LOG_LEVEL=0: XLA's warnings shown. The warning is printed by a compile, never by a cache hit.
+    env = cli.env(TF_CPP_MIN_LOG_LEVEL=0, JAX_COMPILATION_CACHE_DIR=None)
+    proc = cli.run("-c", _REMAT_PROBE, which, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr
 

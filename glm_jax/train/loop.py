@@ -250,9 +250,11 @@ def _prepare(stages: list[tuple[str, Config]], prepare_data: Callable[[Config], 
         for _, cfg in stages:
             prepare_data(cfg)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # noqa: PLC0415
+        # The coordination service's barrier, not a collective: on CPU a collective gives up when a
+        # peer is 30 s late (Gloo's rendezvous), and tokenizing a mixture can take longer.
+        from orbax.checkpoint import multihost  # noqa: PLC0415
 
-        multihost_utils.sync_global_devices("glm_jax: data prepared")
+        multihost.get_barrier_sync_fn()(key="glm_jax_data_prepared", timeout_ms=3 * 3600 * 1000)
 
 
 def _with_shared_cache(cfg: Config, workdir: str) -> Config:

@@ -13,8 +13,8 @@ from glm_jax import config, model
 from glm_jax.convert import hf, hf_config, keymap, safetensors_dir
 from glm_jax.model import sampling
 from glm_jax.train import checkpoint, loop
+from tests import hf_reference
 from tests.conftest import REPO, tiny_model
-from tests.model.test_glm4_0414 import random_glm4
 from tests.train import synthetic
 
 torch = pytest.importorskip("torch")
@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 def test_transformers_saved_glm4_from_hf_to_hf_is_identical(tmp_path):
     cfg = tiny_model(num_layers=3, rope_ratio=3.0, post_norms=True)
     src = str(tmp_path / "src")
-    random_glm4(cfg).save_pretrained(src)
+    hf_reference.random_model(cfg).save_pretrained(src)
     saved = json.load(open(os.path.join(src, "config.json")))
     hf_config.check_against(saved, cfg)  # transformers' own config.json agrees with ours, field by field
     read = hf_config.model_config_from_hf(saved, name=cfg.name)

@@ -10,6 +10,7 @@ import pytest
 
 from glm_jax import model
 from glm_jax.convert import hf, keymap, safetensors_dir
+from tests import hf_reference
 from tests.conftest import tiny_model
 
 torch = pytest.importorskip("torch")
@@ -58,14 +59,8 @@ def test_exported_model_loads_in_transformers_and_matches(tmp_path, rope_ratio):
 
 def test_from_transformers_saved_model_then_back_is_identical(tmp_path):
     cfg = tiny_model()
-    hf_cfg = transformers.GlmConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, attention_bias=True, pad_token_id=None,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 0.5})
-    torch.manual_seed(0)
     src = str(tmp_path / "src")
-    transformers.GlmForCausalLM(hf_cfg).save_pretrained(src)
+    hf_reference.random_model(cfg).save_pretrained(src)
     params = hf.import_dir(src, cfg)
     again = str(tmp_path / "again")
     hf.export(params, cfg, again)

@@ -4,8 +4,6 @@ every field of the released glm-4-9b-chat one; a THUDM checkpoint's fixed rotary
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 from glm_jax import model
 from glm_jax.convert import hf, hf_config
 from glm_jax.convert.keymap import ConversionError
+from tests import cli
 from tests.conftest import REPO, tiny_model
 
 # One changed value per FIELDS entry (each still a valid config).
@@ -112,11 +111,9 @@ def test_from_hf_cli_refuses_rotary_fraction_for_a_thudm_checkpoint(tmp_path):
 
     cfg = config.load(os.path.join(REPO, "configs", "debug.py")).model
     src, out = _thudm_dir(tmp_path, dataclasses.replace(cfg, num_layers=1)), tmp_path / "ckpt"
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "glm_jax.convert", "from-hf", f"--hf={src}",
-                           "--config=configs/debug.py", "--config.model.num_layers=1",
-                           "--config.model.rotary_fraction=1.0", f"--out={out}"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = cli.run("-m", "glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py",
+                   "--config.model.num_layers=1", "--config.model.rotary_fraction=1.0", f"--out={out}", timeout=300,
+                   check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "fix model.rotary_fraction" in proc.stderr
     assert not out.exists()

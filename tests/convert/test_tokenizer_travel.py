@@ -3,8 +3,6 @@ to-hf ships it with its stop / pad ids; a tokenizer the weights were not made fo
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,23 +12,14 @@ from glm_jax import config, model
 from glm_jax.convert import hf, safetensors_dir
 from glm_jax.data.tokenizer import BUNDLED_TOKENIZER, GLMTokenizer
 from glm_jax.train import checkpoint
+from tests import cli
 from tests.conftest import REPO
 
 transformers = pytest.importorskip("transformers")
 
-ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_force_host_platform_device_count=8")
 TEXT = "The pass key is 12345. 你好，世界！GLM-4 的分词器。"
 # A GLM-4-shaped model whose vocabulary is padded for a 1,000-rank tokenizer (1,010 ids with the specials).
 MODEL = ["model.vocab_size=1024", "model.num_layers=1", "model.hidden_size=64", "model.ffn_hidden_size=128"]
-
-
-def _run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", *args], env=ENV, capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
-    if check and proc.returncode:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
 
 
 def _small_tiktoken(path):
@@ -53,15 +42,16 @@ def test_tokenizer_goes_from_hf_through_training_to_hf(tmp_path):
     (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
     ckpt, run, out = tmp_path / "ckpt", tmp_path / "run", tmp_path / "hf"
     overrides = [f"--config.{o}" for o in MODEL]
-    _run("glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py", *overrides, f"--out={ckpt}")
+    cli.run("-m", "glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py", *overrides,
+            f"--out={ckpt}")
     assert sorted(os.listdir(ckpt / "tokenizer")) == ["generation_config.json", "tokenizer.model",
                                                       "tokenizer_config.json"]
-    _run("glm_jax.train", "--config=configs/debug.py", f"--workdir={run}", *overrides, "--config.train.steps=2",
-         "--config.train.seq_len=64", f"--config.train.init_from={ckpt}", f"--config.data.cache_dir={tmp_path / 'c'}",
-         "--config.checkpoint.async_save=False")
+    cli.run("-m", "glm_jax.train", "--config=configs/debug.py", f"--workdir={run}", *overrides,
+            "--config.train.steps=2", "--config.train.seq_len=64", f"--config.train.init_from={ckpt}",
+            f"--config.data.cache_dir={tmp_path / 'c'}", "--config.checkpoint.async_save=False")
     recorded = json.load(open(run / "config.json"))["stages"][0]["config"]["data"]["tokenizer"]
     assert recorded == str(ckpt / "tokenizer" / "tokenizer.model")  # the run tokenized with the weights' tokenizer
-    _run("glm_jax.convert", "to-hf", f"--workdir={run}", f"--out={out}", "--dtype=float32")
+    cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={run}", f"--out={out}", "--dtype=float32")
     exported = transformers.AutoTokenizer.from_pretrained(str(out))
     assert exported(TEXT)["input_ids"] == source_tok.encode(TEXT)
     assert exported(TEXT)["input_ids"] != GLMTokenizer(BUNDLED_TOKENIZER).encode(TEXT)  # not the bundled one
@@ -75,8 +65,8 @@ def test_tokenizer_goes_from_hf_through_training_to_hf(tmp_path):
 
     # A tokenizer the weights were not made for (the bundled 4,096 ids for a 1,024 vocabulary).
     bad = tmp_path / "bad"
-    proc = _run("glm_jax.convert", "to-hf", f"--workdir={run}", f"--out={bad}", f"--tokenizer={BUNDLED_TOKENIZER}",
-                check=False)
+    proc = cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={run}", f"--out={bad}",
+                   f"--tokenizer={BUNDLED_TOKENIZER}", check=False)
     assert proc.returncode == 2
     assert "config field `data.tokenizer`" in proc.stderr and "--tokenizer=FILE" in proc.stderr
     assert not bad.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
@@ -88,7 +78,7 @@ def test_export_of_a_run_whose_tokenizer_does_not_fit_fails_naming_the_field(tmp
     cfg = config.load(os.path.join(REPO, "configs", "debug.py"), ["model.vocab_size=8192", *MODEL[1:]])
     ckpt, out = tmp_path / "ckpt", tmp_path / "hf"
     checkpoint.save_params(str(ckpt), model.init_params(cfg.model, jax.random.key(0)), cfg)
-    proc = _run("glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={out}", check=False)
+    proc = cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={out}", check=False)
     assert proc.returncode == 2
     assert "config field `data.tokenizer`" in proc.stderr and "model.vocab_size=8192" in proc.stderr
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
@@ -103,14 +93,14 @@ def test_a_checkpoint_imported_without_tokenizer_exports_its_weights_only_when_a
     hf.export(jax.tree.map(np.asarray, model.init_params(cfg.model, jax.random.key(0))), cfg.model, str(src),
               dtype="float32")
     assert not [n for n in os.listdir(src) if n.startswith("tokenizer")]
-    imported = _run("glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py",
+    imported = cli.run("-m", "glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py",
                     *[f"--config.{o}" for o in MODEL[1:]], f"--out={ckpt}")
     assert "to-hf of it needs --tokenizer=FILE or --tokenizer=none" in imported.stdout
-    proc = _run("glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={refused}", check=False)
+    proc = cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={refused}", check=False)
     assert proc.returncode == 2 and "no tokenizer of its own" in proc.stderr, proc.stderr[-2000:]
     assert "--tokenizer=none" in proc.stderr and "--tokenizer=FILE" in proc.stderr
     assert not refused.exists()
-    proc = _run("glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={out}", "--tokenizer=none",
+    proc = cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={out}", "--tokenizer=none",
                 "--dtype=float32")
     assert "weights and configs only (no tokenizer)" in proc.stdout
     assert {"config.json", "generation_config.json"} <= set(os.listdir(out))
@@ -137,8 +127,8 @@ def test_a_transformers_only_tokenizer_is_kept_as_its_tiktoken_file(tmp_path):
     hf.export(jax.tree.map(np.asarray, model.init_params(cfg.model, jax.random.key(0))), cfg.model, str(src))
     small = _small_tiktoken(str(tmp_path / "small.tiktoken"))
     _tokenizer_json(small, str(src / "tokenizer.json"))
-    _run("glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py", *[f"--config.{o}" for o in MODEL],
-         f"--out={ckpt}")
+    cli.run("-m", "glm_jax.convert", "from-hf", f"--hf={src}", "--config=configs/debug.py",
+            *[f"--config.{o}" for o in MODEL], f"--out={ckpt}")
     from glm_jax.data.tokenizer import checkpoint_tokenizer
 
     kept = checkpoint_tokenizer(str(ckpt))

@@ -15,6 +15,7 @@ from glm_jax import storage
 from glm_jax.config import ConfigError
 from glm_jax.data import cache as cache_lib
 from glm_jax.data import loader, tasks
+from tests import cli
 from tests.conftest import REPO
 from tests.data.conftest import corpus_texts
 from tests.gcs import list_objects
@@ -116,7 +117,7 @@ def test_cache_and_sources_in_a_bucket_read_through_an_empty_mirror(data_cfg, sm
 def test_build_cli_tokenizes_once(tmp_path):
     cmd = [sys.executable, "-m", "glm_jax.data", "build", "--config=configs/debug.py",
            f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.data.mixture=bundled_chat_sft"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    env = cli.env()
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert f"tokenized 1 task(s) into {tmp_path / 'cache'}: bundled_chat_sft" in first.stdout
@@ -151,7 +152,7 @@ def test_two_processes_read_their_rows_of_a_bucket_cache_and_resume_as_one(data_
     together they are the one-process batches, and their merged state resumes in one process."""
     cfg = _cfg(data_cfg, f"{gcs_bucket}/cache")
     loader.build_caches(cfg)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    env = cli.env()
     hosts = [subprocess.Popen([sys.executable, "-c", _HOST, str(small_mix), f"{gcs_bucket}/cache", str(first),
                                str(tmp_path / f"host{first}")], cwd=REPO, stderr=subprocess.PIPE,
                               env={**env, "GLM_JAX_DATA_MIRROR": str(tmp_path / f"mirror{first}")})

@@ -4,8 +4,6 @@ independent of how rows are split among hosts (elastic resume), errors."""
 import collections
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,6 +15,7 @@ from glm_jax.config import ConfigError
 from glm_jax.data import chat, loader, tasks
 from glm_jax.data.errors import DataError
 from glm_jax.data.tokenizer import bundled_tokenizer
+from tests import cli
 from tests.conftest import REPO, tiny_model
 from tests.data.conftest import corpus_texts, write_glm4_sized_tiktoken
 
@@ -171,9 +170,8 @@ def test_resume_in_a_new_process(data_cfg, cache_dir, tmp_path):
         bs = [next(it) for _ in range(3)]
         np.savez({str(tmp_path / 'out.npz')!r}, **{{f"{{k}}_{{i}}": b[k] for i, b in enumerate(bs) for k in b}})
     """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     cached = sorted(os.listdir(cache_dir))
-    subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True, timeout=300)
+    cli.run("-c", script, timeout=300)
     assert sorted(os.listdir(cache_dir)) == cached  # the new process reuses the tokenized cache
     out = np.load(tmp_path / "out.npz")
     _assert_same([{k: out[f"{k}_{i}"] for k in loader.FEATURES} for i in range(3)], want)

@@ -35,7 +35,7 @@ def test_megablox_equals_ragged_dot_on_ragged_groups():
 
 @pytest.mark.slow
 def test_moe_loss_and_grads_same_with_megablox_on_a_mesh():
-    from tests.moe.hf_glm4moe import tiny_moe
+    from tests.conftest import tiny_moe
     from tests.moe.test_meshes import loss_and_grads
     from tests.moe.test_train import train_cfg
 

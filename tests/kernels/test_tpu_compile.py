@@ -5,13 +5,10 @@ do not depend on the generation). Each topology compiles in a subprocess (tests/
 so libtpu stays out of the CPU test process."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests import cli
 
 KERNELS = ["flash fwd+bwd B1 T2048 H32 K2 E128 packed", "flash fwd+bwd B2 T1024 H8 K2 E64",
            "splash fwd+bwd B1 T2048 H32 K2 E128 packed", "splash fwd+bwd B2 T1024 H8 K2 E64",
@@ -23,11 +20,8 @@ STEPS = ["train step flash", "train step splash"]
 @pytest.mark.parametrize("topology, expected", [("v5e:2x2", KERNELS + STEPS), ("v5p:2x2x1", KERNELS)])
 def test_kernels_and_train_steps_compile_for_tpu(topology, expected):
     pytest.importorskip("libtpu", reason="needs the [tpu] extra (libtpu)")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "tests.kernels.tpu_compile", topology,
-                           *([] if expected[-1] in STEPS else ["--kernels-only"])], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = cli.run("-m", "tests.kernels.tpu_compile", topology, *([] if expected[-1] in STEPS else ["--kernels-only"]),
+                   env=cli.tpu_env(), timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     compiled = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [c["what"] for c in compiled] == expected

@@ -13,6 +13,7 @@ from glm_jax import config, model
 from glm_jax.config import RunConfig
 from glm_jax.convert import keymap
 from glm_jax.model import spec
+from tests import hf_reference
 from tests.conftest import REPO, replace, tiny_model
 
 torch = pytest.importorskip("torch")
@@ -23,52 +24,19 @@ transformers = pytest.importorskip("transformers")
 BF16_REL_TOL = 0.05
 
 
-def glm4_config(cfg):
-    """transformers' Glm4Config for one of our ModelConfigs."""
-    return transformers.Glm4Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps, attention_bias=cfg.qkv_bias, pad_token_id=None,
-        max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta,
-                         "partial_rotary_factor": cfg.rotary_fraction})
-
-
-def random_glm4(cfg, seed=0):
-    """A transformers Glm4ForCausalLM with every parameter random (norm scales around 1, biases
-    non-zero), so a missing or misplaced post-norm changes the logits."""
-    torch.manual_seed(seed)
-    hf = transformers.Glm4ForCausalLM(glm4_config(cfg)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.3 if "layernorm" in name or "norm." in name else 0.1)
-                    + (1.0 if "norm" in name else 0.0))
-    return hf
-
-
-def params_from(hf, cfg):
-    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    return jax.tree.map(jnp.asarray, keymap.import_tensors(sd, cfg, "hf"))
-
-
-def hf_logits(hf, tokens):
-    with torch.no_grad():
-        return hf(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
-
-
 @pytest.fixture(scope="module")
 def glm4_gqa():
     # GQA 8 heads / 2 kv, partial rotary (half of 16 dims), Q/K/V bias, rope theta 30000
     cfg = tiny_model(num_layers=3, num_heads=8, kv_groups=2, head_dim=16, rope_ratio=3.0, post_norms=True)
-    hf = random_glm4(cfg)
-    return cfg, hf, params_from(hf, cfg)
+    hf = hf_reference.random_model(cfg)
+    return cfg, hf, hf_reference.params_from(hf, cfg)
 
 
 def test_fp32_logits_match_transformers_glm4(glm4_gqa):
     cfg, hf, params = glm4_gqa
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
     ours = np.asarray(jax.jit(model.forward, static_argnums=2)(params, tokens, cfg))
-    theirs = hf_logits(hf, tokens)
+    theirs = hf_reference.logits(hf, tokens)
     assert np.abs(ours - theirs).max() <= 1e-4, np.abs(ours - theirs).max()
     # the switch matters: the same weights without the post-norms are a different model
     without = {**params, "layers": {k: v for k, v in params["layers"].items() if not k.endswith("_post_norm")}}
@@ -79,9 +47,10 @@ def test_fp32_logits_match_transformers_glm4(glm4_gqa):
 def test_fp32_logits_match_without_bias_and_mqa():
     cfg = tiny_model(num_layers=2, num_heads=4, kv_groups=1, head_dim=32, rope_ratio=500.0, qkv_bias=False,
                      post_norms=True)  # GLM-4-32B-0414's variant: no Q/K/V bias
-    hf = random_glm4(cfg, seed=3)
+    hf = hf_reference.random_model(cfg, seed=3)
     tokens = jax.random.randint(jax.random.key(2), (2, 48), 0, cfg.vocab_size)
-    diff = np.abs(np.asarray(model.forward(params_from(hf, cfg), tokens, cfg)) - hf_logits(hf, tokens)).max()
+    ours = np.asarray(model.forward(hf_reference.params_from(hf, cfg), tokens, cfg))
+    diff = np.abs(ours - hf_reference.logits(hf, tokens)).max()
     assert diff <= 1e-4, diff
 
 
@@ -89,7 +58,7 @@ def test_bf16_activations_close_to_transformers_fp32_glm4(glm4_gqa):
     cfg, hf, params = glm4_gqa
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
     ours = np.asarray(model.forward(params, tokens, cfg, RunConfig(dtype="bfloat16")))
-    theirs = hf_logits(hf, tokens)
+    theirs = hf_reference.logits(hf, tokens)
     rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
     assert rel <= BF16_REL_TOL, rel
     assert (ours.argmax(-1) == theirs.argmax(-1)).mean() > 0.9
@@ -148,7 +117,7 @@ def test_param_count_of_released_0414_sizes(name):
     cfg = config.load(os.path.join(REPO, "configs", f"{name}.py")).model
     assert model.param_count(cfg) == RELEASED_0414[name]
     with torch.device("meta"):
-        theirs = transformers.Glm4ForCausalLM(glm4_config(cfg))
+        theirs = transformers.Glm4ForCausalLM(hf_reference.hf_config(cfg))
     assert sum(p.numel() for p in theirs.parameters()) == RELEASED_0414[name]
     # tensor by tensor: each of theirs is one of ours, with the same shape
     ours = {m.name: keymap.external_shape(m, cfg) for m in keymap.tensor_maps(cfg, "hf")}

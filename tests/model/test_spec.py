@@ -3,13 +3,12 @@
 import functools
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
 
 from glm_jax import config, model
+from tests import cli
 from tests.conftest import REPO, tiny_model
 
 # GLM-4-9B: the official index's 9,399,951,392 also counts the 32-value rotary inv_freq buffer.
@@ -48,9 +47,7 @@ def test_init_is_deterministic_and_every_leaf_has_logical_axes():
 
 
 def test_cli_prints_table_and_count_without_allocating():
-    out = subprocess.run([sys.executable, "-m", "glm_jax.model", f"--config={REPO}/configs/glm4_9b.py"],
-                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                         check=True).stdout
+    out = cli.run("-m", "glm_jax.model", f"--config={REPO}/configs/glm4_9b.py").stdout
     assert "total parameters: 9,399,951,360" in out
     assert "layers.attn.q.kernel" in out and "40x4096x32x128" in out and "layers,embed,heads,head_dim" in out
 

@@ -12,7 +12,8 @@ from glm_jax.config import ConfigError, ModelConfig
 from glm_jax.convert import keymap
 from glm_jax.model import spec
 from tests.conftest import REPO, replace
-from tests.moe.hf_glm4moe import glm4moe_config, tiny_moe
+from tests import hf_reference
+from tests.conftest import tiny_moe
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -38,7 +39,7 @@ def test_param_counts_of_released_glm4_5_sizes(name):
     # transformers' model of the same sizes (meta device: nothing allocated), tensor by tensor;
     # the correction biases are buffers there, parameters (without gradient) here
     with torch.device("meta"):
-        theirs = transformers.Glm4MoeForCausalLM(glm4moe_config(cfg))
+        theirs = transformers.Glm4MoeForCausalLM(hf_reference.hf_config(cfg))
     biases = sum(b.numel() for n, b in theirs.named_buffers() if n.endswith("e_score_correction_bias"))
     assert sum(p.numel() for p in theirs.parameters()) + biases == main
     ours = {}

@@ -16,7 +16,8 @@ from safetensors.numpy import save_file
 from glm_jax import config, model
 from glm_jax.convert import hf, hf_config, keymap, safetensors_dir
 from glm_jax.train import checkpoint
-from tests.moe.hf_glm4moe import hf_logits, random_glm4moe, tiny_moe
+from tests import hf_reference
+from tests.conftest import tiny_moe
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -42,7 +43,7 @@ def with_mtp_layer(src: str, cfg, seed=5) -> dict:
 def saved(tmp_path_factory):
     cfg = tiny_moe(mtp_layers=1)
     src = str(tmp_path_factory.mktemp("glm4moe_src"))
-    hf_model = random_glm4moe(cfg, seed=2)
+    hf_model = hf_reference.random_model(cfg, seed=2)
     hf_model.save_pretrained(src)
     mtp = with_mtp_layer(src, cfg)
     return cfg, src, hf_model, mtp
@@ -87,9 +88,9 @@ def test_transformers_runs_our_glm4moe_export_with_same_logits(saved, tmp_path):
     assert all(k.startswith(f"model.layers.{cfg.num_layers}.") for k in info["unexpected_keys"]), info
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 32))
     ours = np.asarray(model.forward(jax.tree.map(jnp.asarray, params), jnp.asarray(tokens), cfg))
-    theirs = hf_logits(loaded.eval(), tokens)
+    theirs = hf_reference.logits(loaded.eval(), tokens)
     assert np.abs(ours - theirs).max() <= 1e-4
-    np.testing.assert_allclose(theirs, hf_logits(hf_model, tokens), atol=1e-5)
+    np.testing.assert_allclose(theirs, hf_reference.logits(hf_model, tokens), atol=1e-5)
 
 
 def test_mtp_layer_without_mtp_config_names_the_field(saved):

@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from glm_jax import config, sharding
 from glm_jax.model import expert_parallel
-from tests.moe.hf_glm4moe import tiny_moe
+from tests.conftest import tiny_moe
 
 
 def _ragged_on_expert_axis(operands, outputs, in_off, send, out_off, recv):

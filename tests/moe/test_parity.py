@@ -8,8 +8,8 @@ import pytest
 from glm_jax import model
 from glm_jax.convert import hf as hf_convert
 from glm_jax.model import moe
-from tests.conftest import replace
-from tests.moe.hf_glm4moe import hf_logits, random_glm4moe, tiny_moe
+from tests import hf_reference
+from tests.conftest import replace, tiny_moe
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 def pair(request, tmp_path_factory):
     """(cfg, transformers model, our params read back from its save_pretrained directory)."""
     cfg = tiny_moe(qk_norm=request.param)
-    hf = random_glm4moe(cfg, seed=int(request.param))
+    hf = hf_reference.random_model(cfg, seed=int(request.param))
     out = tmp_path_factory.mktemp("glm4moe")
     hf.save_pretrained(out)
     return cfg, hf, jax.tree.map(jnp.asarray, hf_convert.import_dir(str(out), cfg))
@@ -29,7 +29,7 @@ def test_fp32_logits_match_transformers_glm4moe(pair):
     cfg, hf, params = pair
     tokens = jax.random.randint(jax.random.key(1), (2, 48), 0, cfg.vocab_size)
     ours = np.asarray(jax.jit(model.forward, static_argnums=2)(params, tokens, cfg))
-    theirs = hf_logits(hf, tokens)
+    theirs = hf_reference.logits(hf, tokens)
     assert np.abs(ours - theirs).max() <= 1e-4, np.abs(ours - theirs).max()
     print(f"max |logit diff| {np.abs(ours - theirs).max():.2e} (logits up to {np.abs(theirs).max():.1f})")
     # Glm4Moe's rotary is rotate-half, not GLM-4's interleaved pairs: the other style is another model
@@ -48,7 +48,7 @@ def test_same_top_k_experts_per_token_as_transformers(pair):
         lambda mod, args, out: seen.append((args[0].detach().numpy().copy(), out[1].numpy(), out[2].numpy())))
         for j in range(cfg.num_moe_layers)]
     try:
-        hf_logits(hf, tokens)
+        hf_reference.logits(hf, tokens)
     finally:
         for h in hooks:
             h.remove()

@@ -18,7 +18,7 @@ from glm_jax.model.transformer import sublayers
 from glm_jax.train import balance
 from glm_jax.train.step import _balanced, loss_sums
 from tests.conftest import REPO
-from tests.moe.hf_glm4moe import tiny_moe
+from tests.conftest import tiny_moe
 
 
 def train_cfg(**train):
@@ -182,7 +182,7 @@ def test_trained_debug_moe_exports_to_transformers_with_same_logits(trained, tmp
     """... -> to-hf -> transformers' Glm4MoeForCausalLM gives our logits (<= 1e-4); the trained
     MTP weights travel along and come back bit-identical."""
     from glm_jax.convert import hf
-    from tests.moe.hf_glm4moe import hf_logits
+    from tests import hf_reference
 
     transformers = pytest.importorskip("transformers")
     cfg, _, start, params = trained
@@ -192,7 +192,7 @@ def test_trained_debug_moe_exports_to_transformers_with_same_logits(trained, tmp
     loaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert type(loaded).__name__ == "Glm4MoeForCausalLM" and not info["missing_keys"]
     tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (2, 48))
-    theirs = hf_logits(loaded.eval(), tokens)
+    theirs = hf_reference.logits(loaded.eval(), tokens)
     ours = np.asarray(jax.jit(model_forward, static_argnums=2)(jax.tree.map(jnp.asarray, params), jnp.asarray(tokens),
                                                                 cfg.model))
     print(f"trained debug_moe vs transformers: max |logit diff| {np.abs(ours - theirs).max():.2e}")

@@ -2,7 +2,6 @@
 restart, gives bit-identical per-step losses to a straight run (model, optimizer and data order),
 and the console shows the run, not the libraries."""
 
-import os
 import re
 import signal
 import subprocess
@@ -10,20 +9,14 @@ import sys
 
 import pytest
 
+from tests import cli
 from tests.conftest import REPO
 from tests.train.test_resume import _losses
 
 FLAGS = ["--config=configs/debug.py", "--config.train.steps=12", "--config.train.seq_len=128",
          "--config.checkpoint.every_steps=4", "--config.train.log_every=1", "--config.mesh.fsdp=4",
          "--config.mesh.tensor=2", "--config.data.mixture=bundled_zh_en"]
-
-
-def _env(cache):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it: the CLI quiets the libraries itself
-    return env
-
+USER_ENV = cli.env(quiet=False)  # as a user's shell has it: the CLI quiets the libraries itself
 
 _OURS = re.compile(r"data: tokenized task .*|\[main\] step \d+/12  loss .*|checkpoint step \d+: saving to .*|\[main\] done at step 12 .*|"
                    r"finished at step 12 \(stage 'main'\); workdir .*")
@@ -31,10 +24,9 @@ _OURS = re.compile(r"data: tokenized task .*|\[main\] step \d+/12  loss .*|check
 
 @pytest.mark.slow
 def test_sigterm_through_the_cli_on_bundled_data_resumes_exactly(tmp_path):
-    cache = str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "glm_jax.train"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run = subprocess.run(cmd + FLAGS + [f"--workdir={straight}"], env=_env(cache), cwd=REPO, check=True,
+    run = subprocess.run(cmd + FLAGS + [f"--workdir={straight}"], env=USER_ENV, cwd=REPO, check=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     lines = run.stdout.splitlines()
     # The README's main command prints this and nothing else: a progress line per log step (12),
@@ -43,7 +35,7 @@ def test_sigterm_through_the_cli_on_bundled_data_resumes_exactly(tmp_path):
     assert [line for line in lines if not _OURS.fullmatch(line)] == [], run.stdout[-3000:]
     ours = [line for line in lines if not line.startswith("data: tokenized")]
     assert sum(line.startswith("[main] step") for line in ours) == 12 and len(ours) == 12 + 3 + 2
-    proc = subprocess.Popen(cmd + FLAGS + [f"--workdir={resumed}"], env=_env(cache), cwd=REPO,
+    proc = subprocess.Popen(cmd + FLAGS + [f"--workdir={resumed}"], env=USER_ENV, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in proc.stdout:
@@ -54,7 +46,7 @@ def test_sigterm_through_the_cli_on_bundled_data_resumes_exactly(tmp_path):
     out += proc.stdout.readlines()
     assert proc.wait(timeout=300) == 0, "".join(out)[-3000:]
     assert "preempted at step" in "".join(out)
-    again = subprocess.run(cmd + FLAGS + [f"--workdir={resumed}"], env=_env(cache), cwd=REPO, capture_output=True,
+    again = subprocess.run(cmd + FLAGS + [f"--workdir={resumed}"], env=USER_ENV, cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and "restored checkpoint at step" in again.stdout + again.stderr
     want = _losses(straight)

@@ -5,7 +5,6 @@ SIGTERM during an evaluation loses nothing, and the debug model's held-out loss 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 
 from glm_jax import config
 from glm_jax.config import ConfigError
+from tests import cli
 from tests.conftest import REPO
 
 FLAGS = ["--config=configs/debug.py", "--config.model.num_layers=2", "--config.train.seq_len=64",
@@ -25,14 +25,8 @@ FSDP8, FSDP4_TP2 = ["--config.mesh.fsdp=8"], ["--config.mesh.fsdp=4", "--config.
 pytestmark = pytest.mark.slow
 
 
-def _env(devices=8):
-    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
 def _train(workdir, *flags):
-    return subprocess.run([sys.executable, "-m", "glm_jax.train", *FLAGS, *flags, f"--workdir={workdir}"],
-                          env=_env(), cwd=REPO, check=True, capture_output=True, text=True, timeout=900).stdout
+    return cli.run("-m", "glm_jax.train", *FLAGS, *flags, f"--workdir={workdir}", timeout=900).stdout
 
 
 def _rows(workdir) -> dict[int, dict]:
@@ -87,13 +81,11 @@ def test_held_out_loss_is_the_same_on_another_mesh_and_training_is_unchanged_by_
 
 def test_held_out_loss_is_the_same_on_two_processes(fsdp8, tmp_path):
     workdir, _ = fsdp8
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = cli.free_port()
     two = str(tmp_path / "two")
     procs = [subprocess.Popen([sys.executable, "-m", "glm_jax.train", *FLAGS, *FSDP8, *EVAL, f"--workdir={two}",
                                "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                               f"--process_id={i}"], env=_env(devices=4), cwd=REPO, stdout=subprocess.PIPE,
+                               f"--process_id={i}"], env=cli.env(devices=4), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
@@ -106,7 +98,7 @@ def test_sigterm_during_an_evaluation_loses_nothing(fsdp8, tmp_path):
     workdir, _ = fsdp8
     resumed = str(tmp_path / "resumed")
     cmd = [sys.executable, "-m", "glm_jax.train", *FLAGS, *FSDP8, *EVAL, f"--workdir={resumed}"]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=cli.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -116,7 +108,7 @@ def test_sigterm_during_an_evaluation_loses_nothing(fsdp8, tmp_path):
     out += proc.stdout.readlines()
     assert proc.wait(timeout=600) == 0, "".join(out)[-3000:]
     assert "preempted at step 2" in "".join(out)
-    again = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    again = cli.run(*cmd[1:], timeout=900, check=False)
     assert again.returncode == 0 and "restored checkpoint at step 2" in again.stdout, again.stdout[-3000:]
     want, got = _rows(workdir), _rows(resumed)
     assert _train_losses(got) == _train_losses(want)  # bit for bit

@@ -8,7 +8,6 @@ does not depend on train.steps and a run continued with more steps equals one ru
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from glm_jax import storage
+from tests import cli
 from tests.conftest import REPO
 
 WORKER = os.path.join(REPO, "tests", "train", "worker.py")
@@ -28,27 +28,11 @@ ONE = ["mesh.fsdp=2", "mesh.tensor=2"]  # 1 process x 4 devices: another mesh, p
 pytestmark = pytest.mark.slow
 
 
-def _env(cache_dir):
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache_dir,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(workdir, n, overrides, cache_dir, devices=4):
-    port = _free_port()
+def _start(workdir, n, overrides, devices=4):
+    port = cli.free_port()
     cmds = [[sys.executable, WORKER, workdir, str(devices), *([str(i), str(n), str(port)] if n > 1 else []), "--",
              *overrides] for i in range(n)]
-    return [subprocess.Popen(c, env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return [subprocess.Popen(c, env=cli.env(devices=None), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for c in cmds]
 
 
@@ -59,8 +43,8 @@ def _finish(procs, timeout=400):
     return outs
 
 
-def _run(workdir, n, overrides, cache_dir, devices=4):
-    return _finish(_start(workdir, n, overrides, cache_dir, devices))
+def _run(workdir, n, overrides, devices=4):
+    return _finish(_start(workdir, n, overrides, devices))
 
 
 def _rows(workdir):
@@ -75,13 +59,13 @@ def _data_state(workdir, step):
 
 
 @pytest.fixture(scope="module")
-def reference(gcs_server, cache_dir, tmp_path_factory):
+def reference(gcs_server, tmp_path_factory):
     """2 processes, 8 steps straight through, on gs://."""
     from tests.gcs import make_bucket
 
     bucket = make_bucket(gcs_server, "pod-reference")
     workdir = f"{bucket}/straight"
-    outs = _run(workdir, 2, [*SMALL, *TWO, "train.steps=8"], cache_dir)
+    outs = _run(workdir, 2, [*SMALL, *TWO, "train.steps=8"])
     assert all("RESULT finished 8" in o for o in outs)
     rows = _rows(workdir)
     assert sorted(rows) == list(range(1, 9))
@@ -89,11 +73,11 @@ def reference(gcs_server, cache_dir, tmp_path_factory):
 
 
 def test_sigterm_to_one_worker_saves_the_same_step_everywhere_and_resumes_bit_identically(
-        reference, gcs_bucket, cache_dir, tmp_path):
+        reference, gcs_bucket, tmp_path):
     ref_dir, ref = reference
     workdir = f"{gcs_bucket}/preempted"
     run = [*SMALL, *TWO, "train.steps=8"]
-    procs = _start(workdir, 2, run, cache_dir)
+    procs = _start(workdir, 2, run)
     out0 = []
     for line in procs[0].stdout:  # process 0 prints the progress lines
         out0.append(line)
@@ -108,7 +92,7 @@ def test_sigterm_to_one_worker_saves_the_same_step_everywhere_and_resumes_bit_id
     assert stopped[0] == stopped[1] and 3 <= stopped[0] < 8, (out0[-2000:], out1[-2000:])
     assert str(stopped[0]) in storage.listdir(f"{workdir}/checkpoints/main")
 
-    outs = _run(workdir, 2, run, cache_dir)
+    outs = _run(workdir, 2, run)
     assert f"restored checkpoint at step {stopped[0]}" in outs[0]
     assert all("RESULT finished 8" in o for o in outs)
     assert {s: r["loss"] for s, r in _rows(workdir).items()} == {s: r["loss"] for s, r in ref.items()}  # bit for bit
@@ -116,9 +100,8 @@ def test_sigterm_to_one_worker_saves_the_same_step_everywhere_and_resumes_bit_id
 
     # Export straight from the bucket; transformers loads it and computes our logits.
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "glm_jax.convert", "to-hf", f"--workdir={workdir}", f"--out={out}",
-                           "--dtype=float32"],
-                          env=_env(cache_dir), capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = cli.run("-m", "glm_jax.convert", "to-hf", f"--workdir={workdir}", f"--out={out}", "--dtype=float32",
+                   timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import torch
     from transformers import AutoModelForCausalLM
@@ -135,7 +118,7 @@ def test_sigterm_to_one_worker_saves_the_same_step_everywhere_and_resumes_bit_id
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
-def test_resume_on_other_process_counts_sees_every_example_once(reference, gcs_bucket, cache_dir):
+def test_resume_on_other_process_counts_sees_every_example_once(reference, gcs_bucket):
     """2 processes train steps 1-4, 1 process 5-6, 2 processes again 7-8 (fewer hosts, then more):
     each row stream ends every leg in exactly the state of the straight run (every example consumed
     once, none skipped), the losses follow the straight run's (other meshes: float reassociation
@@ -143,7 +126,7 @@ def test_resume_on_other_process_counts_sees_every_example_once(reference, gcs_b
     ref_dir, ref = reference
     workdir = f"{gcs_bucket}/elastic"
     for n, mesh, steps in ((2, TWO, 4), (1, ONE, 6), (2, TWO, 8)):
-        outs = _run(workdir, n, [*SMALL, *mesh, f"train.steps={steps}"], cache_dir)
+        outs = _run(workdir, n, [*SMALL, *mesh, f"train.steps={steps}"])
         assert f"RESULT finished {steps}" in outs[0]
         if steps > 4:
             assert f"restored checkpoint at step {steps - 2}" in outs[0]
@@ -155,13 +138,13 @@ def test_resume_on_other_process_counts_sees_every_example_once(reference, gcs_b
         assert rows[step]["grad_norm"] == pytest.approx(ref[step]["grad_norm"], rel=1e-4), step
 
 
-def test_one_row_shared_by_two_processes_trains_like_one_process(gcs_bucket, cache_dir):
+def test_one_row_shared_by_two_processes_trains_like_one_process(gcs_bucket):
     """Global batch 1 on 2 processes: both read the row and feed their devices' slices of it,
     whether the sequence axis (each host a different half of the row) or the tensor axis (both
     hosts the whole row) spans the hosts."""
     run = [*SMALL, "train.batch_size=1", "train.steps=3", "checkpoint.every_steps=3"]
     one = f"{gcs_bucket}/one"
-    _run(one, 1, [*run, "mesh.fsdp=1", "mesh.sequence=4", "mesh.tensor=2"], cache_dir, devices=8)
+    _run(one, 1, [*run, "mesh.fsdp=1", "mesh.sequence=4", "mesh.tensor=2"], devices=8)
     a = _rows(one)
     from glm_jax.train import checkpoint
 
@@ -169,7 +152,7 @@ def test_one_row_shared_by_two_processes_trains_like_one_process(gcs_bucket, cac
     for name, mesh in (("sequence", ["mesh.fsdp=1", "mesh.sequence=4", "mesh.tensor=2"]),
                        ("tensor", ["mesh.fsdp=1", "mesh.tensor=8"])):
         two = f"{gcs_bucket}/two_{name}"
-        _run(two, 2, [*run, *mesh], cache_dir)
+        _run(two, 2, [*run, *mesh])
         b = _rows(two)
         assert sorted(a) == sorted(b) == [1, 2, 3], name
         for step in a:

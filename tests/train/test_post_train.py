@@ -24,6 +24,7 @@ import pytest
 from glm_jax import config
 from glm_jax.data import loader
 from glm_jax.train import checkpoint, dpo, loop, metrics
+from tests import cli
 from tests.conftest import REPO
 
 SFT_STEPS, DPO_STEPS = 10, 200
@@ -40,27 +41,21 @@ def _cmd(workdir, dpo_steps=DPO_STEPS):
             f"--config.stages.dpo.train.steps={dpo_steps}"]
 
 
-def _env(cache):
-    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                JAX_COMPILATION_CACHE_DIR=cache["jax"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                GLM_JAX_DATA_CACHE=cache["data"])
-
-
-def _popen(cmd, cache):
-    return subprocess.Popen(cmd, env=_env(cache), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def _popen(cmd, data_cache):
+    return subprocess.Popen(cmd, env=cli.env(devices=1, GLM_JAX_DATA_CACHE=data_cache), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return {"jax": str(tmp_path_factory.mktemp("jax_cache")), "data": str(tmp_path_factory.mktemp("data_cache"))}
+def data_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data_cache"))
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, cache):
+def straight(tmp_path_factory, data_cache):
     """The uninterrupted run; the reference (SFT's last params) read as DPO begins and again at the end."""
     workdir = str(tmp_path_factory.mktemp("straight"))
-    proc = _popen(_cmd(workdir), cache)
+    proc = _popen(_cmd(workdir), data_cache)
     out, ref_at_start = [], None
     for line in proc.stdout:
         out.append(line)
@@ -71,16 +66,16 @@ def straight(tmp_path_factory, cache):
     return workdir, ref_at_start, "".join(out)
 
 
-def _heldout(workdir, cache):
+def _heldout(workdir, data_cache):
     """The DPO stage's config on the held-out pairs, and those pairs packed into rows."""
     cfg = dict(checkpoint.read_stages(workdir))["dpo"]
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mixture="bundled_prefs_heldout",
-                                                            cache_dir=cache["data"]))
+                                                            cache_dir=data_cache))
     return cfg, loader.epoch_rows(cfg)
 
 
 @pytest.mark.slow
-def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_reference(straight, cache):
+def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_reference(straight, data_cache):
     workdir, ref_at_start, out = straight
     end = SFT_STEPS + DPO_STEPS
     assert f"[dpo] starting from stage 'sft' step {SFT_STEPS}" in out and f"finished at step {end}" in out
@@ -88,7 +83,7 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
     policy, _ = checkpoint.restore_params(workdir, step=end)
     # The reference is SFT's last checkpoint, bit for bit the same before and after DPO.
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), sft, ref_at_start)
-    cfg, rows = _heldout(workdir, cache)
+    cfg, rows = _heldout(workdir, data_cache)
     start = dpo.evaluate(sft, sft, rows, cfg)  # the start of DPO: policy = reference = SFT
     after = dpo.evaluate(policy, sft, rows, cfg)
     print(f"\nheld-out ({int(after['pairs'])} pairs) at DPO start: {json.dumps(start)}\nafter {DPO_STEPS} DPO steps: "
@@ -104,7 +99,7 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
 
 
 @pytest.mark.slow
-def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight, cache, tmp_path):
+def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight, data_cache, tmp_path):
     """The interrupted run starts from the straight run's SFT stage (copied: the same checkpoint) and
     stops its DPO stage after 40 steps (train.steps is resumable; the DPO schedule is constant
     after warmup, so its steps are the straight run's first: the lr column is compared too)."""
@@ -112,7 +107,7 @@ def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight,
     short = SFT_STEPS + 40
     shutil.copytree(os.path.join(workdir, "checkpoints", "sft"), tmp_path / "checkpoints" / "sft")
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "config.json")
-    proc = _popen(_cmd(tmp_path, dpo_steps=40), cache)
+    proc = _popen(_cmd(tmp_path, dpo_steps=40), data_cache)
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -122,8 +117,8 @@ def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight,
     out += proc.stdout.readlines()
     assert proc.wait(timeout=600) == 0, "".join(out)[-3000:]
     assert "[sft] finished earlier" in "".join(out) and "[dpo] preempted at step" in "".join(out), "".join(out)[-3000:]
-    again = subprocess.run(_cmd(tmp_path, dpo_steps=40), env=_env(cache), cwd=REPO, capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(_cmd(tmp_path, dpo_steps=40), env=cli.env(devices=1, GLM_JAX_DATA_CACHE=data_cache),
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "[dpo] restored checkpoint at step" in again.stdout, again.stdout[-3000:]
     keys = ("loss", "lr", "grad_norm", "rewards_chosen", "rewards_rejected", "preference_accuracy")
     want = {r["step"]: [r[k] for k in keys] for r in metrics.read_rows(workdir) if SFT_STEPS < r["step"] <= short}

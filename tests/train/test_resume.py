@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from tests import cli
 from tests.conftest import REPO
 
 WORKER = os.path.join(REPO, "tests", "train", "worker.py")
@@ -23,19 +24,15 @@ def _cmd(workdir, devices=4, dist=(), overrides=RUN):
     return [sys.executable, WORKER, str(workdir), str(devices), *map(str, dist), "--", *overrides]
 
 
-def _env():  # the compilation cache the runs share comes from tests/conftest.py
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _run(cmd, timeout=300):
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=cli.env(devices=None), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
 def _run_until(cmd, marker, sig, timeout=300):
     """Starts `cmd`, sends `sig` as soon as a stdout line contains `marker`; returns (rc, stdout)."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, env=cli.env(devices=None), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = []
     try:
         for line in proc.stdout:

@@ -33,3 +33,5 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 cd = config.apply_overrides(config.load_config_dict(os.path.join(REPO, "configs", "debug.py")), overrides.split())
 result = loop.run(cd, workdir, make_iterator=synthetic.make_iterator)
 print(f"RESULT {result.status} {result.step}", flush=True)
+if len(args) > 2:
+    jax.distributed.shutdown()  # as `python -m glm_jax.train --distributed` leaves: not in gRPC teardown at exit
