@@ -39,9 +39,9 @@ class Accelerator:
         return self.peak_tflops * 1e12 / self.devices_per_chip
 
 
-_V5E = Accelerator(197.0, 16 * GB, 8.19e11, 2.0e11)
+_V5E = Accelerator(197.0, 16 * GiB, 8.19e11, 2.0e11)
 _V5P = Accelerator(459.0, 95 * GiB, 2.765e12, 6.0e11)
-_V6E = Accelerator(918.0, 32 * GB, 1.638e12, 4.0e11)
+_V6E = Accelerator(918.0, 32 * GiB, 1.638e12, 4.0e11)
 _H100 = Accelerator(989.5, 80 * GB, 3.35e12, 4.5e11)
 _A100_80 = Accelerator(312.0, 80 * GB, 2.039e12, 3.0e11)
 

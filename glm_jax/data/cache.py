@@ -139,7 +139,8 @@ def open_cached(task: seqio.Task, cache_dir: str, split: str = "train") -> Cache
     remote = storage.join(cache_dir, entry_name(task, split))
     meta_path = storage.join(remote, "meta.json")
     if not storage.isfile(meta_path):
-        raise CacheMissing(f"no tokenized cache of task {task.name!r} (split {split}) at {remote}")
+        raise CacheMissing(f"no tokenized cache of task {task.name!r}" + (f" (split {split})" if split != "train" else "")
+                           + f" at {remote}")
     local = _mirror(remote, storage.read_text(meta_path)) if storage.is_url(remote) else remote
     with open(os.path.join(local, "meta.json")) as f:
         meta = json.load(f)

@@ -26,9 +26,9 @@ def tokenizations(monkeypatch):
     """A list that records the name of every task tokenized from now on (in this process)."""
     seen, real = [], cache_lib._tokenize
 
-    def counting(task, out):
+    def counting(task, out, *split):
         seen.append(task.name)
-        return real(task, out)
+        return real(task, out, *split)
 
     monkeypatch.setattr(cache_lib, "_tokenize", counting)
     return seen

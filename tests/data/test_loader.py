@@ -283,13 +283,15 @@ def test_chat_sft_rows_carry_the_rendered_assistant_mask(data_cfg):
 
 
 def test_a_task_smaller_than_the_batch_still_feeds_every_row(data_cfg):
-    """36 conversations, 64 rows: row r starts at position r of the repeated sequence (epoch 1 for r >= 36)."""
+    """33 training conversations (36, of which every 10th is held out), 64 rows: row r starts at
+    position r of the repeated sequence (epoch 1 for r >= 33)."""
     cfg = data_cfg("train.seq_len=1024", "train.batch_size=64", "data.mixture='bundled_chat_sft'")
     streams = loader.task_streams(cfg)
-    assert len(streams[0].pieces) == 36
+    n = 36 - 36 // 10
+    assert len(streams[0].pieces) == n
     firsts = [tuple(loader.row_examples(cfg, streams, r)[0]["tokens"].tolist()) for r in range(64)]
-    assert len(set(firsts[:36])) == 36  # epoch 0: every conversation once, spread over rows 0..35
-    assert set(firsts[36:]) <= set(firsts[:36]) and len(set(firsts[36:])) == 28  # rows 36..63: epoch 1
+    assert len(set(firsts[:n])) == n  # epoch 0: every conversation once, spread over rows 0..n-1
+    assert set(firsts[n:]) <= set(firsts[:n]) and len(set(firsts[n:])) == 64 - n  # rows n..63: epoch 1
     b = next(loader.make_iterator(cfg, rows=[0, 63]))
     assert b["tokens"].shape == (2, 1024) and (b["segment_ids"].max(axis=1) >= 1).all()
 

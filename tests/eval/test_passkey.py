@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from glm_jax import model
+from glm_jax.config import RunConfig
 from glm_jax.data.tokenizer import bundled_tokenizer
 from glm_jax.eval import passkey
 from tests.conftest import tiny_model
@@ -54,7 +55,7 @@ def test_scores_are_deterministic_and_accuracy_tracks_greedy(tok, tmp_path):
     assert all(r["logprob"] < 0 and r["accuracy"] in (0.0, 0.5, 1.0) for r in a["results"])
     # "correct" is exactly "every answer token is the argmax" (greedy retrieval of the answer).
     ids, start = passkey.make_example(tok, 256, 0.5, 11111)
-    logp, correct = passkey._score(params, jax.numpy.asarray(ids[None]), cfg, start)
+    logp, correct = passkey._score(params, jax.numpy.asarray(ids[None]), cfg, RunConfig(), start)
     argmax = np.asarray(model.forward(params, jax.numpy.asarray(ids[None]), cfg))[0, start - 1:-1].argmax(-1)
     assert bool(correct[0]) == bool((argmax == ids[start:]).all())
     passkey.save(a, str(tmp_path / "p.json"), str(tmp_path / "p.png"))

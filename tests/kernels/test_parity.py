@@ -97,5 +97,5 @@ def test_flash_queries_at_an_offset_into_longer_keys():
                                                 ("splash", 64, "attention_block_q")])
 def test_bad_block_size_names_the_config_field(kernel, block, field):
     q, k, v, _ = _inputs(1, 256, 2, 1, 64, jnp.float32)
-    with pytest.raises(ValueError, match=f"model.{field}"):
+    with pytest.raises(ValueError, match=f"run.{field}"):
         KERNELS[kernel](q, k, v, block_q=block, block_kv=128, interpret=True)
