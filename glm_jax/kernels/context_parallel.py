@@ -40,8 +40,8 @@ def num_shards() -> int:
 def check_seq_len(seq_len: int, shards: int) -> None:
     """The load-balanced layout cuts a sequence into 2 chunks per sequence shard."""
     if shards > 1 and seq_len % (2 * shards):
-        raise ConfigError("train.seq_len", f"{seq_len} must be a multiple of {2 * shards} (2 x the sequence axis, "
-                          f"{shards}) for the load-balanced context-parallel layout")
+        raise ConfigError("train.seq_len", f"{seq_len} must be a multiple of {2 * shards}, a multiple of 2 x the "
+                          f"sequence axis ({shards}), for the load-balanced context-parallel layout")
 
 
 def layout_order(seq_len: int, shards: int) -> np.ndarray:
