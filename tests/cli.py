@@ -3,6 +3,7 @@
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,22 @@ def run(*args, env=None, timeout=600, check=True):
     if check and proc.returncode:
         raise AssertionError(f"exit {proc.returncode}: {' '.join(map(str, args))}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def sigterm_on(marker: str, *args, env=None, timeout=600) -> str:
+    """Starts `python ARGS...` in the checkout, sends it SIGTERM (a preemption) once a line of its
+    output contains `marker`, waits for it to exit 0 and returns all it printed."""
+    proc = subprocess.Popen([sys.executable, *args], env=_env() if env is None else env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out += proc.stdout.readlines()
+    assert proc.wait(timeout=timeout) == 0, "".join(out)[-3000:]
+    return "".join(out)
 
 
 def free_port():

@@ -3,7 +3,6 @@ restart, gives bit-identical per-step losses to a straight run (model, optimizer
 and the console shows the run, not the libraries."""
 
 import re
-import signal
 import subprocess
 import sys
 
@@ -35,17 +34,8 @@ def test_sigterm_through_the_cli_on_bundled_data_resumes_exactly(tmp_path):
     assert [line for line in lines if not _OURS.fullmatch(line)] == [], run.stdout[-3000:]
     ours = [line for line in lines if not line.startswith("data: tokenized")]
     assert sum(line.startswith("[main] step") for line in ours) == 12 and len(ours) == 12 + 3 + 2
-    proc = subprocess.Popen(cmd + FLAGS + [f"--workdir={resumed}"], env=USER_ENV, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if "step 6/12" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out += proc.stdout.readlines()
-    assert proc.wait(timeout=300) == 0, "".join(out)[-3000:]
-    assert "preempted at step" in "".join(out)
+    out = cli.sigterm_on("step 6/12", *cmd[1:], *FLAGS, f"--workdir={resumed}", env=USER_ENV, timeout=300)
+    assert "preempted at step" in out
     again = subprocess.run(cmd + FLAGS + [f"--workdir={resumed}"], env=USER_ENV, cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and "restored checkpoint at step" in again.stdout + again.stderr

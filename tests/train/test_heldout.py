@@ -4,7 +4,6 @@ SIGTERM during an evaluation loses nothing, and the debug model's held-out loss 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -97,18 +96,10 @@ def test_held_out_loss_is_the_same_on_two_processes(fsdp8, tmp_path):
 def test_sigterm_during_an_evaluation_loses_nothing(fsdp8, tmp_path):
     workdir, _ = fsdp8
     resumed = str(tmp_path / "resumed")
-    cmd = [sys.executable, "-m", "glm_jax.train", *FLAGS, *FSDP8, *EVAL, f"--workdir={resumed}"]
-    proc = subprocess.Popen(cmd, env=cli.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if "evaluating held-out data at step 2" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out += proc.stdout.readlines()
-    assert proc.wait(timeout=600) == 0, "".join(out)[-3000:]
-    assert "preempted at step 2" in "".join(out)
-    again = cli.run(*cmd[1:], timeout=900, check=False)
+    cmd = ["-m", "glm_jax.train", *FLAGS, *FSDP8, *EVAL, f"--workdir={resumed}"]
+    out = cli.sigterm_on("evaluating held-out data at step 2", *cmd)
+    assert "preempted at step 2" in out
+    again = cli.run(*cmd, timeout=900, check=False)
     assert again.returncode == 0 and "restored checkpoint at step 2" in again.stdout, again.stdout[-3000:]
     want, got = _rows(workdir), _rows(resumed)
     assert _train_losses(got) == _train_losses(want)  # bit for bit
