@@ -17,8 +17,8 @@ def env(devices=8, quiet=True, **extra):
     not `quiet` (as in a user's shell). The suite's compilation cache (tests/conftest.py) passes
     through. `extra` sets variables; a None value removes one."""
     e = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    extra = dict(extra, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices else None,
-                 TF_CPP_MIN_LOG_LEVEL="3" if quiet else None)
+    extra = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices else None,
+             "TF_CPP_MIN_LOG_LEVEL": "3" if quiet else None, **extra}
     for key, value in extra.items():
         if value is None:
             e.pop(key, None)
