@@ -18,8 +18,7 @@ setup(
         "tensorflow-text",
         "seqio",
         "ml-collections",
-        "clu",
-        "tensorboard",  # clu's TensorBoard writer needs it
+        "tensorboard",  # its event protos and record writer: TensorBoard scalars (glm_jax/train/tensorboard.py)
         "safetensors",
         "numpy",
         "tiktoken",

@@ -13,7 +13,8 @@ Stage `dpo` (train.objective=dpo): chosen/rejected pairs (glm_jax/data/preferenc
 DPO loss with beta 0.1; its reference policy is `sft`'s last checkpoint (dpo.reference ""),
 frozen, sharded like the policy; a fresh AdamW (optimizer_state=reset), a constant lr after a
 short warmup. Mixtures default to the bundled sets (bundled_chat_sft, bundled_prefs); set your own
-per stage as above. Switch the loss with `--config.stages.dpo.dpo.loss=ipo` (or `robust` with
+per stage as above. Each stage evaluates on its mixture's held-out split (`eval.every_steps`, and at
+its last step): SFT's loss and perplexity, DPO's preference accuracy. Switch the loss with `--config.stages.dpo.dpo.loss=ipo` (or `robust` with
 `--config.stages.dpo.dpo.label_smoothing=0.1`).
 
 arg: `model=debug` (the bundled data, minutes on CPU), `model=glm4_9b_chat` or
@@ -35,6 +36,7 @@ PLANS = {
     "glm4_9b_0414": ("glm4_9b_0414.py", 8192, {"sft": (64, 2000, 1e-5, 100), "dpo": (64, 1000, 5e-7, 50)}),
 }
 MIXTURES = {"sft": "bundled_chat_sft", "dpo": "bundled_prefs"}
+EVAL_EVERY = {"sft": 20, "dpo": 50}  # steps; a stage also evaluates at its last step
 
 
 def get_config(arg=None):
@@ -48,7 +50,9 @@ def get_config(arg=None):
     for name, (batch, steps, lr, warmup) in stages.items():
         train = {"objective": "lm" if name == "sft" else "dpo", "batch_size": batch, "steps": steps, "lr": lr,
                  "warmup_steps": warmup}
-        stage = {"train": train, "data": {"mixture": MIXTURES[name]}}
+        # Held-out evaluation of each stage's own mixture (its validation split): SFT by loss and
+        # perplexity, DPO by preference accuracy, reward margin and loss (glm_jax/train/evaluate.py).
+        stage = {"train": train, "data": {"mixture": MIXTURES[name]}, "eval": {"every_steps": EVAL_EVERY[name]}}
         if name == "dpo":
             train.update(optimizer_state="reset", schedule="constant", weight_decay=0.0)
             stage["dpo"] = {"beta": 0.1, "loss": "sigmoid", "label_smoothing": 0.0, "reference": ""}

@@ -1,4 +1,4 @@
-"""Training metrics: per-step JSONL rows, TensorBoard scalars (clu), a progress line with MFU/ETA.
+"""Training metrics: per-step JSONL rows, TensorBoard scalars, a progress line with MFU/ETA.
 
 The loop hands each step's metrics over as device arrays (`record`); nothing is fetched until
 `flush` (a log step, a checkpoint, the end), so the host never waits on the device between
@@ -10,9 +10,9 @@ Where it goes (process 0 only; WORKDIR local or gs://, see glm_jax.storage):
     WORKDIR/metrics/<first step, 9 digits>-<launch id>.jsonl   a row per step, in chunks of
         CHUNK_ROWS rows rewritten whole at each flush (GCS objects cannot be appended to);
         `read_rows(workdir)` reads them back, a step repeated after a restart keeping its last row
-    WORKDIR/tb/   TensorBoard events. clu's writer goes through tf.summary, whose gfile cannot
-        reach every storage (an emulator, say), so it writes into a local directory that is
-        uploaded to WORKDIR/tb after each flush when WORKDIR is a URL.
+    WORKDIR/tb/   TensorBoard events (glm_jax.train.tensorboard), written into a local directory
+        that is uploaded to WORKDIR/tb after each flush when WORKDIR is a URL (an event file
+        cannot be appended to on GCS either).
 
 FLOPs per token (`train_flops_per_token`) count matmuls only: 6 x (params touched by matmuls,
 i.e. all but the embedding table) for forward + backward, plus causal attention's
@@ -34,6 +34,7 @@ import jax
 from glm_jax import accelerators, storage
 from glm_jax.config import Config, ModelConfig
 from glm_jax.model import spec
+from glm_jax.train.tensorboard import ScalarWriter
 
 CHUNK_ROWS = 1000
 
@@ -101,10 +102,7 @@ class Metrics:
         self.stage, self.cfg, self.end = stage, cfg, end_step
         self.tb_dir = storage.join(workdir, "tb")
         self._local_tb = tempfile.mkdtemp(prefix="glm_jax_tb-") if storage.is_url(workdir) else None
-        from clu import metric_writers  # noqa: PLC0415 - imports TensorFlow (~7 s); the FLOP formulas need none of it
-
-        self.writer = metric_writers.create_default_writer(
-            self._local_tb or self.tb_dir, just_logging=not self.primary, asynchronous=True)
+        self.writer = ScalarWriter(self._local_tb or self.tb_dir) if self.primary else None
         self.chunks = _Chunks(workdir) if self.primary else None
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         self.flops_per_step = train_flops_per_token(cfg.model, cfg.train.seq_len) * self.tokens_per_step
@@ -176,8 +174,8 @@ class Metrics:
             eta = (self.end - row["step"]) * sec
             line += f"  ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
             self._timed_steps, self._timed = 0, 0.0
-        self.writer.write_scalars(row["step"], {k: v for k, v in scalars.items() if math.isfinite(v)})
         if self.primary:
+            self.writer.write_scalars(row["step"], {k: v for k, v in scalars.items() if math.isfinite(v)})
             print(line, flush=True)
             self._upload_tb()
 
@@ -192,7 +190,7 @@ class Metrics:
 
     def close(self) -> None:
         self.flush()
-        self.writer.flush()
         if self.primary:
+            self.writer.flush()
             self._upload_tb()
-        self.writer.close()
+            self.writer.close()
