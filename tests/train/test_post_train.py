@@ -3,7 +3,7 @@ DPO against the SFT result.
 
 Must-show 3: a few hundred DPO steps raise held-out preference accuracy (bundled_prefs_heldout,
 pairs never trained on) far above its value at the start of DPO, while the reference params are
-bit-identical before and after. Must-show 4: SIGTERM mid-DPO, then the same command again, gives
+bit-identical before and after; the plan's own held-out evaluation logs the same figures. Must-show 4: SIGTERM mid-DPO, then the same command again, gives
 per-step metrics equal to the uninterrupted run, bit for bit.
 
 The model is the debug plan shrunk (2 layers, hidden 64; the bundled tokenizer's 4,096 ids) on one
@@ -96,6 +96,16 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
     rows = metrics.read_rows(workdir)
     dpo_rows = [r for r in rows if r["stage"] == "dpo"]
     assert len(dpo_rows) == DPO_STEPS and dpo_rows[0]["loss"] == pytest.approx(np.log(2.0), abs=1e-6)
+    # The plan evaluates each stage on its mixture's held-out split while it trains: SFT by loss at
+    # its last step, DPO every 50 steps and at its last, where it equals the evaluation above (the
+    # same 12 held-out pairs: bundled_prefs' validation split is bundled_prefs_heldout).
+    evaluated = {r["step"]: {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")} for r in rows}
+    evaluated = {step: e for step, e in evaluated.items() if e}
+    assert sorted(evaluated) == [SFT_STEPS, 50, 100, 150, 200, end]
+    assert sorted(evaluated[SFT_STEPS]) == ["bundled_chat_sft/loss", "bundled_chat_sft/perplexity"]
+    assert evaluated[end]["bundled_prefs/preference_accuracy"] == after["preference_accuracy"]
+    assert evaluated[end]["bundled_prefs/loss"] == pytest.approx(after["loss"], rel=1e-5)
+    assert evaluated[50]["bundled_prefs/loss"] > evaluated[end]["bundled_prefs/loss"]
 
 
 @pytest.mark.slow
