@@ -16,6 +16,15 @@ instead, for a run whose data tasks were registered by another program (e.g.
 benchmarks/long_context.py: `--tokenizer=data/tokenizer/bundled.tiktoken`).
 
 Writes OUT.json and OUT.png (accuracy heatmap, depth x length) and prints a table.
+
+    python -m glm_jax.eval dpo --workdir=DIR --mixture=bundled_prefs_heldout [--step=N] \
+        [--reference=CKPT] [--out=DIR/eval/dpo_MIXTURE.json]
+
+dpo: a DPO checkpoint against its frozen reference (the one its stage trained against:
+`dpo.reference`, else `train.init_from` for a first stage, else the previous stage's last
+checkpoint; `--reference` names another) on every pair of a preference mixture once: mean DPO
+loss, preference accuracy, reward margin, rewards and the policy's own accuracy
+(glm_jax.train.dpo.evaluate). Writes OUT (JSON) and prints the figures.
 """
 
 from __future__ import annotations
@@ -104,7 +113,18 @@ def main(argv=None) -> int:
                     "instead of the run's")
     pk.add_argument("--out", default=None, help="output path without extension (default WORKDIR/eval/passkey)")
     pk.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
+    dp = sub.add_parser("dpo", help="a DPO checkpoint against its reference on held-out preference pairs")
+    dp.add_argument("--workdir", required=True, help="a training workdir whose checkpoint is a DPO stage's")
+    dp.add_argument("--step", type=int, default=None, help="the checkpoint (default: the latest)")
+    dp.add_argument("--mixture", required=True, help="a registered preference task or mixture, every pair once "
+                    "(e.g. bundled_prefs_heldout)")
+    dp.add_argument("--reference", default="", help="reference params (a params checkpoint or workdir) instead of "
+                    "the stage's own")
+    dp.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/dpo_MIXTURE.json)")
+    dp.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
     a = p.parse_args(argv)
+    if a.command == "dpo":
+        return dpo_main(p, a)
     try:
         lengths = [int(x) for x in a.lengths.split(",")]
     except ValueError:
@@ -141,6 +161,82 @@ def main(argv=None) -> int:
         print(f"{n:>8} " + " ".join(f"{r['accuracy']:>6.2f}" for r in results["results"] if r["length"] == n))
     print(f"wrote {out}.json and {out}.png")
     return 0
+
+
+def _stage_reference(workdir: str, directory: str) -> tuple[str, int | None]:
+    """(checkpoint, step or None for its latest) of the reference the DPO stage whose params are
+    at `directory` trained against, as glm_jax.train.loop loads it."""
+    from glm_jax import storage
+    from glm_jax.train import checkpoint
+
+    stages = checkpoint.read_stages(workdir)
+    names = [n for n, _ in stages]
+    name = next(n for n in names if directory.startswith(checkpoint.stage_dir(storage.resolve(workdir), n) + "/"))
+    cfg = dict(stages)[name]
+    if cfg.dpo.reference or names.index(name) == 0:
+        return cfg.dpo.reference or cfg.train.init_from, None
+    previous = checkpoint.StageCheckpoints(checkpoint.stage_dir(storage.resolve(workdir), names[names.index(name) - 1]),
+                                           read_only=True)
+    try:
+        return workdir, previous.latest_step()
+    finally:
+        previous.close()
+
+
+def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from glm_jax import cli
+
+    cli.quiet_libraries(a.verbose)
+    import dataclasses
+    import json
+
+    from glm_jax import storage
+    from glm_jax.config import ConfigError
+    from glm_jax.data import loader
+    from glm_jax.train import checkpoint, dpo
+
+    if not storage.isdir(storage.resolve(a.workdir)):
+        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
+    try:
+        directory, cfg = checkpoint.locate_params(a.workdir, a.step)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(f"--workdir / --step: {e}")
+    if a.reference:
+        ref_source = (a.reference, None)
+    elif cfg.train.objective != "dpo" or checkpoint.is_params_checkpoint(a.workdir):
+        p.error(f"{directory} is not a DPO stage's checkpoint (train.objective={cfg.train.objective!r}): pass "
+                f"--step of a DPO stage's checkpoint, or --reference=CKPT to compare it with")
+    else:
+        ref_source = _stage_reference(a.workdir, directory)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, objective="dpo"),
+                              data=dataclasses.replace(cfg.data, mixture=a.mixture))
+    try:
+        rows = loader.epoch_rows(cfg)  # checks the mixture before any weights are read
+    except ConfigError as e:
+        p.error(f"--mixture {a.mixture!r}: {e}")
+    policy, _ = checkpoint.restore_params(a.workdir, a.step)
+    try:
+        reference, ref_cfg = checkpoint.restore_params(*ref_source)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(f"the reference {ref_source[0]}: {e}")
+    if _shapes(reference) != _shapes(policy):
+        p.error(f"the reference {ref_source[0]} holds another model ({ref_cfg.model.name!r}) than the policy's")
+    result = {"workdir": a.workdir, "step": a.step, "mixture": a.mixture,
+              "reference": {"checkpoint": ref_source[0], "step": ref_source[1]},
+              **dpo.evaluate(policy, reference, rows, cfg)}
+    out = a.out or storage.join(storage.resolve(a.workdir), "eval", f"dpo_{a.mixture}.json")
+    storage.write_text(out, json.dumps(result, indent=1) + "\n")
+    for key in ("pairs", "preference_accuracy", "reward_margin", "loss", "rewards_chosen", "rewards_rejected",
+                "policy_accuracy"):
+        print(f"{key:>20} {result[key]:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _shapes(params: dict) -> list:
+    import jax  # noqa: PLC0415
+
+    return [x.shape for x in jax.tree.leaves(params)]
 
 
 if __name__ == "__main__":

@@ -109,6 +109,32 @@ def test_dpo_after_sft_raises_heldout_preference_accuracy_with_a_frozen_referenc
 
 
 @pytest.mark.slow
+def test_eval_dpo_cli_scores_held_out_pairs_against_the_stage_reference(straight, data_cache, tmp_path):
+    workdir, _, _ = straight
+    env = cli.env(devices=1, GLM_JAX_DATA_CACHE=data_cache)
+    out = tmp_path / "dpo.json"
+    proc = cli.run("-m", "glm_jax.eval", "dpo", f"--workdir={workdir}", "--mixture=bundled_prefs_heldout",
+                   f"--out={out}", env=env)
+    got = json.loads(out.read_text())
+    assert got["reference"] == {"checkpoint": workdir, "step": SFT_STEPS}  # SFT's last checkpoint, as in training
+    sft, _ = checkpoint.restore_params(workdir, step=SFT_STEPS)
+    policy, _ = checkpoint.restore_params(workdir)
+    cfg, rows = _heldout(workdir, data_cache)
+    want = dpo.evaluate(policy, sft, rows, cfg)
+    assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-6)
+    printed = dict(line.split() for line in proc.stdout.splitlines()[:-1])
+    assert float(printed["preference_accuracy"]) == pytest.approx(want["preference_accuracy"], abs=1e-4)
+    # Bad input is named before any weights are read: an SFT checkpoint, a mixture of no pairs.
+    sft_step = cli.run("-m", "glm_jax.eval", "dpo", f"--workdir={workdir}", f"--step={SFT_STEPS}",
+                       "--mixture=bundled_prefs_heldout", env=env, check=False)
+    assert sft_step.returncode == 2 and "is not a DPO stage's checkpoint" in sft_step.stderr, sft_step.stderr[-2000:]
+    chat = cli.run("-m", "glm_jax.eval", "dpo", f"--workdir={workdir}", "--mixture=bundled_chat_sft", env=env,
+                   check=False)
+    assert chat.returncode == 2 and "--mixture 'bundled_chat_sft'" in chat.stderr, chat.stderr[-2000:]
+    assert "preference" in chat.stderr and not os.path.exists(os.path.join(workdir, "eval"))
+
+
+@pytest.mark.slow
 def test_sigterm_mid_dpo_then_the_same_command_resumes_bit_identically(straight, data_cache, tmp_path):
     """The interrupted run starts from the straight run's SFT stage (copied: the same checkpoint) and
     stops its DPO stage after 40 steps (train.steps is resumable; the DPO schedule is constant
