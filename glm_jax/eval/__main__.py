@@ -221,7 +221,8 @@ def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         p.error(f"the reference {ref_source[0]}: {e}")
     if _shapes(reference) != _shapes(policy):
         p.error(f"the reference {ref_source[0]} holds another model ({ref_cfg.model.name!r}) than the policy's")
-    result = {"workdir": a.workdir, "step": a.step, "mixture": a.mixture,
+    step = None if checkpoint.is_params_checkpoint(a.workdir) else int(directory.rstrip("/").split("/")[-2])
+    result = {"workdir": a.workdir, "step": step, "mixture": a.mixture,
               "reference": {"checkpoint": ref_source[0], "step": ref_source[1]},
               **dpo.evaluate(policy, reference, rows, cfg)}
     out = a.out or storage.join(storage.resolve(a.workdir), "eval", f"dpo_{a.mixture}.json")

@@ -116,6 +116,7 @@ def test_eval_dpo_cli_scores_held_out_pairs_against_the_stage_reference(straight
     proc = cli.run("-m", "glm_jax.eval", "dpo", f"--workdir={workdir}", "--mixture=bundled_prefs_heldout",
                    f"--out={out}", env=env)
     got = json.loads(out.read_text())
+    assert got["step"] == SFT_STEPS + DPO_STEPS  # the latest checkpoint
     assert got["reference"] == {"checkpoint": workdir, "step": SFT_STEPS}  # SFT's last checkpoint, as in training
     sft, _ = checkpoint.restore_params(workdir, step=SFT_STEPS)
     policy, _ = checkpoint.restore_params(workdir)
