@@ -13,9 +13,9 @@ Stage `dpo` (train.objective=dpo): chosen/rejected pairs (glm_jax/data/preferenc
 DPO loss with beta 0.1; its reference policy is `sft`'s last checkpoint (dpo.reference ""),
 frozen, sharded like the policy; a fresh AdamW (optimizer_state=reset), a constant lr after a
 short warmup. Mixtures default to the bundled sets (bundled_chat_sft, bundled_prefs); set your own
-per stage as above. Each stage evaluates on its mixture's held-out split (`eval.every_steps`, and at
-its last step): SFT's loss and perplexity, DPO's preference accuracy. Switch the loss with `--config.stages.dpo.dpo.loss=ipo` (or `robust` with
-`--config.stages.dpo.dpo.label_smoothing=0.1`).
+per stage as above. Each stage evaluates on its mixture's held-out split (`eval.every_steps`, and
+at its last step): SFT's loss and perplexity, DPO's preference accuracy. Switch the loss with
+`--config.stages.dpo.dpo.loss=ipo` (or `robust` with `--config.stages.dpo.dpo.label_smoothing=0.1`).
 
 arg: `model=debug` (the bundled data, minutes on CPU), `model=glm4_9b_chat` or
 `model=glm4_9b_0414` (a converted checkpoint via train.init_from; the mesh from the command line).
