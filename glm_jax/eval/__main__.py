@@ -172,15 +172,8 @@ def _stage_reference(workdir: str, directory: str) -> tuple[str, int | None]:
     stages = checkpoint.read_stages(workdir)
     names = [n for n, _ in stages]
     name = next(n for n in names if directory.startswith(checkpoint.stage_dir(storage.resolve(workdir), n) + "/"))
-    cfg = dict(stages)[name]
-    if cfg.dpo.reference or names.index(name) == 0:
-        return cfg.dpo.reference or cfg.train.init_from, None
-    previous = checkpoint.StageCheckpoints(checkpoint.stage_dir(storage.resolve(workdir), names[names.index(name) - 1]),
-                                           read_only=True)
-    try:
-        return workdir, previous.latest_step()
-    finally:
-        previous.close()
+    i = names.index(name)
+    return checkpoint.reference_checkpoint(stages[i][1], storage.resolve(workdir), names[i - 1] if i else None)
 
 
 def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:

@@ -283,6 +283,19 @@ def save_params(path: str, params: dict | LeafReader, cfg: Config) -> None:
         storage.write_json(storage.join(path, CONFIG_FILE), config_to_dict(cfg))
 
 
+def reference_checkpoint(cfg: Config, workdir: str, previous: str | None) -> tuple[str, int | None]:
+    """(checkpoint, step; None = its latest) of a DPO stage's frozen reference: `dpo.reference` if
+    set, else for a first stage (`previous` None) `train.init_from`, else stage `previous`'s last
+    checkpoint in training workdir `workdir`."""
+    if cfg.dpo.reference or previous is None:
+        return cfg.dpo.reference or cfg.train.init_from, None
+    ckpts = StageCheckpoints(stage_dir(workdir, previous), read_only=True)
+    try:
+        return workdir, ckpts.latest_step()
+    finally:
+        ckpts.close()
+
+
 def is_params_checkpoint(path: str) -> bool:
     """Is `path` a params-only checkpoint (PATH/params + PATH/config.json, from `save_params`)?"""
     return storage.isdir(storage.join(storage.resolve(path), "params"))

@@ -141,21 +141,12 @@ def _start_state(name: str, cfg: Config, mesh, tx, workdir: str, prev: tuple[str
 
 def _reference(name: str, cfg: Config, mesh, workdir: str, prev: tuple[str, Config] | None, start: int) -> dict:
     """The frozen DPO reference params of a stage, sharded like the policy (see the module docstring)."""
-    if cfg.dpo.reference or prev is None:  # checked by validation.check_reference
-        path = cfg.dpo.reference or cfg.train.init_from
-        params, _ = ckpt_lib.restore_params(path, mesh=mesh)
-        _log(f"[{name}] DPO reference: params {path}")
-        return params
-    prev_name, _ = prev
-    prev_ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, prev_name), read_only=True)
-    try:
-        if prev_ckpts.latest_step() != start:
-            raise RuntimeError(f"stage {name!r} takes its DPO reference from stage {prev_name!r}'s checkpoint at step "
-                               f"{start}, found {prev_ckpts.latest_step()}")
-        params = prev_ckpts.restore_params(start, ckpt_lib.params_target(cfg, mesh))
-    finally:
-        prev_ckpts.close()
-    _log(f"[{name}] DPO reference: stage {prev_name!r} step {start}")
+    path, step = ckpt_lib.reference_checkpoint(cfg, workdir, prev[0] if prev else None)
+    if step is not None and step != start:
+        raise RuntimeError(f"stage {name!r} takes its DPO reference from stage {prev[0]!r}'s checkpoint at step "
+                           f"{start}, found {step}")
+    params, _ = ckpt_lib.restore_params(path, step, mesh=mesh)
+    _log(f"[{name}] DPO reference: " + (f"params {path}" if step is None else f"stage {prev[0]!r} step {start}"))
     return params
 
 
