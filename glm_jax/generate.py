@@ -54,14 +54,13 @@ def main(argv):
     import jax
 
     from glm_jax import config, sharding, weights
+    from glm_jax.data.tokenizer import END_TOKENS
     from glm_jax.model import sampling
 
     mesh = sharding.make_mesh(config.MeshConfig(fsdp=_FSDP.value, tensor=_TENSOR.value))
     loaded = weights.load(workdir=_WORKDIR.value, step=_STEP.value, hf=_HF.value, mesh=mesh)
     params, cfg, run, vocab = loaded.params, loaded.cfg, loaded.run, loaded.vocab
-    stop = [vocab.special_id("<|endoftext|>")]
-    if _CHAT.value:
-        stop += [vocab.special_id(t) for t in ("<|user|>", "<|observation|>")]
+    stop = [vocab.special_id(t) for t in (END_TOKENS if _CHAT.value else END_TOKENS[:1])]
     prompts = [prompt_ids(vocab, p, _CHAT.value) for p in _PROMPT.value]
     s = sampling.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
     with jax.set_mesh(mesh):

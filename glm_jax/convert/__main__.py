@@ -98,11 +98,11 @@ def _export_vocabulary(cfg, checkpoint_dir: str):
 
 def _tokenizer_files(vocab, tmp: str, naming: str) -> tuple[dict[str, str], list[int], int | None, str]:
     """(files to ship with the export, eos ids, pad id, THUDM remote-code family) for `vocab`."""
-    from glm_jax.data.tokenizer import GLMTokenizer
+    from glm_jax.data.tokenizer import END_TOKENS, GLMTokenizer
 
     if vocab is None:
         return {}, [], None, "glm4"
-    ids = {name: vocab.special_id(name) for name in ("<|endoftext|>", "<|user|>", "<|observation|>")}
+    ids = {name: vocab.special_id(name) for name in END_TOKENS}
     eos, pad = list(ids.values()), ids["<|endoftext|>"]
     if not isinstance(vocab, GLMTokenizer):
         return {"tokenizer.model": vocab.sentencepiece_model_file}, eos, pad, "chatglm3"

@@ -41,6 +41,9 @@ SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 GLM_SPECIAL_TOKENS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
                       "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+# Where GLM stops generating: the end of a document, or the turn passing to the user or a tool
+# (the eos set of the released generation_config.json; to-hf writes it).
+END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 # ChatGLM3's names for the same roles (its SentencePiece file has no specials; they follow the pieces).
 CHATGLM3_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                            "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")

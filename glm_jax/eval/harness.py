@@ -46,11 +46,11 @@ from tqdm import tqdm
 
 from glm_jax import config, sharding, weights
 from glm_jax.data import chat
+from glm_jax.data.tokenizer import END_TOKENS
 from glm_jax.eval import scoring
 from glm_jax.eval.scoring import RequestError
 from glm_jax.model import sampling
 
-END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")  # GLM's eos set (to-hf's generation_config)
 SAMPLING_KWARGS = ("do_sample", "temperature", "top_k", "top_p")
 
 
