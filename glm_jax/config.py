@@ -361,13 +361,16 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Held-out evaluation while training (glm_jax/train/evaluate.py): every `every_steps` steps and
-    at a stage's last step, the loss and perplexity of each task of `mixture` on its validation
-    split, computed on the training mesh. It never changes what training computes."""
+    """Evaluation while training: every `every_steps` steps and at a stage's last step, the loss and
+    perplexity of each task of `mixture` on its validation split (glm_jax/train/evaluate.py), and
+    the metric_fns of the seqio tasks `seqio_tasks` (glm_jax/eval/seqio_eval.py), computed on the
+    training mesh. It never changes what training computes."""
 
-    every_steps: int = 0  # 0 = no held-out evaluation
+    every_steps: int = 0  # 0 = no evaluation
     mixture: str = ""  # a registered task or mixture whose tasks have a validation split; "" = data.mixture
     batches: int = 4  # batches of train.batch_size rows per task (all of the split when it holds fewer)
+    seqio_tasks: str = ""  # registered seqio tasks / mixtures with metric_fns, comma-separated; "" = none
+    seqio_split: str = "validation"  # the split of seqio_tasks evaluated
 
     def __post_init__(self):
         _require(self.every_steps >= 0, "eval.every_steps", f"must be >= 0 (0 = off), got {self.every_steps}")

@@ -60,7 +60,7 @@ ALWAYS_RUN = {"glm_jax.model"}  # allocates nothing: cheap for any config
 DRY_ANYWAY = {"configs/debug_moe.py": "tests/moe/test_train.py trains it",
               "launch/local.sh": "tests/test_launch.py runs it as 2 processes"}
 SUBCOMMANDS = {"glm_jax.convert": {"to-hf", "from-hf"}, "glm_jax.data": {"show", "build"},
-               "glm_jax.eval": {"passkey", "lm-eval"}}
+               "glm_jax.eval": {"passkey", "lm-eval", "dpo", "seqio"}}
 LAUNCHERS = {"launch/local.sh": "run", "launch/tpu.sh": "dry-run flag", "launch/gke.sh": "dry-run flag"}
 # Only inside the README's set-up blocks: what .ci/run itself executes (the venv, the suite).
 SETUP = {"venv", "pip", "pytest", "rm"}

@@ -25,6 +25,14 @@ dpo: a DPO checkpoint against its frozen reference (the one its stage trained ag
 checkpoint; `--reference` names another) on every pair of a preference mixture once: mean DPO
 loss, preference accuracy, reward margin, rewards and the policy's own accuracy
 (glm_jax.train.dpo.evaluate). Writes OUT (JSON) and prints the figures.
+
+    python -m glm_jax.eval seqio --workdir=DIR --tasks=bundled_mc,bundled_arith [--step=N] \
+        [--split=validation] [--module_import=my_tasks] [--out=DIR/eval/seqio.json]
+
+seqio: the metric_fns of registered seqio tasks or mixtures, computed by seqio's Evaluator over
+our sharded scoring and batched decoding (glm_jax/eval/seqio_eval.py), on a mesh of this host's
+devices (fsdp over all of them). `--module_import` imports the modules that register your tasks
+(comma-separated). Writes OUT (JSON: step, split, {task: {metric: value}}) and prints the figures.
 """
 
 from __future__ import annotations
@@ -122,9 +130,20 @@ def main(argv=None) -> int:
                     "the stage's own")
     dp.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/dpo_MIXTURE.json)")
     dp.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
+    sq = sub.add_parser("seqio", help="the metric_fns of registered seqio tasks (score and predict metrics)")
+    sq.add_argument("--workdir", required=True, help="a training workdir or a params-only checkpoint")
+    sq.add_argument("--step", type=int, default=None, help="the checkpoint (default: the latest)")
+    sq.add_argument("--tasks", required=True, help="registered seqio tasks or mixtures, comma-separated "
+                    "(bundled: bundled_mc, bundled_arith)")
+    sq.add_argument("--split", default="validation")
+    sq.add_argument("--module_import", default="", help="modules that register the tasks, comma-separated")
+    sq.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/seqio.json)")
+    sq.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
     a = p.parse_args(argv)
     if a.command == "dpo":
         return dpo_main(p, a)
+    if a.command == "seqio":
+        return seqio_main(p, a)
     try:
         lengths = [int(x) for x in a.lengths.split(",")]
     except ValueError:
@@ -214,8 +233,7 @@ def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         p.error(f"the reference {ref_source[0]}: {e}")
     if _shapes(reference) != _shapes(policy):
         p.error(f"the reference {ref_source[0]} holds another model ({ref_cfg.model.name!r}) than the policy's")
-    step = None if checkpoint.is_params_checkpoint(a.workdir) else int(directory.rstrip("/").split("/")[-2])
-    result = {"workdir": a.workdir, "step": step, "mixture": a.mixture,
+    result = {"workdir": a.workdir, "step": _checkpoint_step(a.workdir, directory), "mixture": a.mixture,
               "reference": {"checkpoint": ref_source[0], "step": ref_source[1]},
               **dpo.evaluate(policy, reference, rows, cfg)}
     out = a.out or storage.join(storage.resolve(a.workdir), "eval", f"dpo_{a.mixture}.json")
@@ -225,6 +243,54 @@ def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         print(f"{key:>20} {result[key]:.4f}")
     print(f"wrote {out}")
     return 0
+
+
+def seqio_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from glm_jax import cli
+
+    cli.quiet_libraries(a.verbose)
+    import json
+
+    from glm_jax import config, sharding, storage, weights
+    from glm_jax.data.errors import DataError
+    from glm_jax.eval import seqio_eval
+    from glm_jax.train import checkpoint
+
+    if not storage.isdir(storage.resolve(a.workdir)):
+        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
+    try:
+        directory, cfg = checkpoint.locate_params(a.workdir, a.step)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(f"--workdir / --step: {e}")
+    mesh = sharding.make_mesh(config.MeshConfig())
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    try:
+        seqio_eval.import_modules(a.module_import)
+        evaluation = seqio_eval.SeqioEvaluation(a.tasks, a.split, cfg.model, rows)  # checks before weights are read
+    except DataError as e:
+        p.error(f"--tasks {a.tasks!r}: {e}")
+    loaded = weights.load(workdir=a.workdir, step=a.step, mesh=mesh)
+    metrics = evaluation.evaluate(loaded.params, loaded.cfg, loaded.run, mesh)
+    by_task: dict = {}
+    for key, value in metrics.items():
+        _, task, name = key.split("/", 2)
+        by_task.setdefault(task, {})[name] = value
+    result = {"workdir": a.workdir, "step": _checkpoint_step(a.workdir, directory), "split": a.split,
+              "metrics": by_task}
+    out = a.out or storage.join(storage.resolve(a.workdir), "eval", "seqio.json")
+    storage.write_text(out, json.dumps(result, indent=1) + "\n")
+    for task, values in by_task.items():
+        for name, value in values.items():
+            print(f"{task:>24} {name:>16} {value:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _checkpoint_step(workdir: str, directory: str) -> int | None:
+    """The training step of the checkpoint at `directory` (None for a params-only checkpoint)."""
+    from glm_jax.train import checkpoint
+
+    return None if checkpoint.is_params_checkpoint(workdir) else int(directory.rstrip("/").split("/")[-2])
 
 
 def _shapes(params: dict) -> list:

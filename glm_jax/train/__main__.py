@@ -44,6 +44,13 @@ def heldout_data(cfg, *, rows):
     return heldout_batches(cfg, rows=rows, build_missing=False)  # prepare_data built them
 
 
+def seqio_evaluation(cfg):
+    """The metric_fns of `eval.seqio_tasks` (glm_jax.eval.seqio_eval), on the training batch's rows."""
+    from glm_jax.eval.seqio_eval import SeqioEvaluation  # noqa: PLC0415
+
+    return SeqioEvaluation(cfg.eval.seqio_tasks, cfg.eval.seqio_split, cfg.model, rows=cfg.train.batch_size)
+
+
 def prepare_data(cfg):
     """Tokenizes the mixture's missing caches into data.cache_dir (run by process 0 only)."""
     from glm_jax.data.loader import build_caches  # noqa: PLC0415
@@ -63,7 +70,7 @@ def main(argv):
     from glm_jax.train import loop
 
     result = loop.run(_CONFIG.value, _WORKDIR.value, make_iterator=make_data_iterator, prepare_data=prepare_data,
-                      heldout_batches=heldout_data)
+                      heldout_batches=heldout_data, seqio_evaluation=seqio_evaluation)
     if jax.process_index() == 0:
         print(f"{result.status} at step {result.step} (stage {result.stage!r}); workdir {_WORKDIR.value}", flush=True)
     if _DISTRIBUTED.value:

@@ -12,8 +12,10 @@ a checkpoint written by N processes resumes on M with exactly the next examples.
 reading (a barrier), e.g. to tokenize the data cache once into shared storage.
 `heldout_batches(cfg, *, rows)` gives a stage with `eval.every_steps` its held-out batches
 ({task: [batch of `rows`, ...]}, glm_jax.data.loader.heldout_batches), evaluated every
-`eval.every_steps` steps and at the stage's last step (glm_jax.train.evaluate); the results join
-that step's metrics row.
+`eval.every_steps` steps and at the stage's last step (glm_jax.train.evaluate);
+`seqio_evaluation(cfg)` gives a stage with `eval.seqio_tasks` the object whose
+`evaluate(params, model_cfg, run, mesh)` computes those tasks' metric_fns at the same steps
+(glm_jax.eval.seqio_eval). The results join that step's metrics row.
 
 Per stage: Mesh -> Restore or init -> Loop (step, metrics, checkpoint, preemption check). A stage
 resumes from its own latest checkpoint; a new stage starts from the previous stage's last
@@ -156,7 +158,8 @@ def _first_bad(rows: list[dict]) -> dict | None:
 
 def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[str, Config] | None,
                 make_iterator: MakeIterator, preemption: _Preemption,
-                heldout_batches: MakeIterator | None = None) -> RunResult:
+                heldout_batches: MakeIterator | None = None,
+                seqio_evaluation: Callable[[Config], Any] | None = None) -> RunResult:
     end = start + cfg.train.steps
     mesh = sharding.make_mesh(cfg.mesh)  # shapes were checked for every stage by validation.check_run
     ckpts = ckpt_lib.StageCheckpoints(ckpt_lib.stage_dir(workdir, name), cfg.checkpoint)
@@ -185,6 +188,11 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
             if heldout_batches is None:
                 raise ValueError("eval.every_steps is set but the loop was given no heldout_batches")
             heldout = evaluate_lib.HeldOut(cfg, mesh, heldout_batches(cfg, rows=rows), rows, *extra)
+        seqio_eval = None
+        if cfg.eval.every_steps and cfg.eval.seqio_tasks:
+            if seqio_evaluation is None:
+                raise ValueError("eval.seqio_tasks is set but the loop was given no seqio_evaluation")
+            seqio_eval = seqio_evaluation(cfg)
         step = int(jax.device_get(state.step))
         metrics = Metrics(workdir, name, cfg, step, end)
         every, log_every = cfg.checkpoint.every_steps, cfg.train.log_every
@@ -203,7 +211,10 @@ def train_stage(name: str, cfg: Config, workdir: str, start: int, prev: tuple[st
                 evaluated = heldout is not None and (step % cfg.eval.every_steps == 0 or step == end)
                 if evaluated:  # before the preemption check: a SIGTERM during it saves this step
                     _log(f"[{name}] evaluating held-out data at step {step}")
-                    metrics.record_eval(step, heldout.evaluate(state.params))
+                    scalars = heldout.evaluate(state.params)
+                    if seqio_eval is not None:
+                        scalars.update(seqio_eval.evaluate(state.params, cfg.model, cfg.run, mesh))
+                    metrics.record_eval(step, scalars)
                 preempted = step < end and preemption.reached(ckpts.manager, step)
                 save = step % every == 0 or step == end or preempted
                 # The launch's first step is flushed alone: its time is the compile, not a step.
@@ -270,7 +281,8 @@ def _with_checkpoint_tokenizer(cfg: Config) -> Config:
 
 def run(cd, workdir: str, make_iterator: MakeIterator,
         prepare_data: Callable[[Config], Any] | None = None,
-        heldout_batches: MakeIterator | None = None) -> RunResult:
+        heldout_batches: MakeIterator | None = None,
+        seqio_evaluation: Callable[[Config], Any] | None = None) -> RunResult:
     """Runs every stage of a config (ConfigDict or dict with optional stage_order/stages) in
     `workdir` (local or gs://), resuming whatever was done there before."""
     workdir = storage.resolve(workdir)
@@ -283,7 +295,8 @@ def run(cd, workdir: str, make_iterator: MakeIterator,
     with _Preemption() as preemption:
         for name, cfg in stages:
             t0 = time.perf_counter()
-            result = train_stage(name, cfg, workdir, start, prev, make_iterator, preemption, heldout_batches)
+            result = train_stage(name, cfg, workdir, start, prev, make_iterator, preemption, heldout_batches,
+                                 seqio_evaluation)
             if result.status == "preempted":
                 return result
             _log(f"[{name}] done at step {result.step} ({time.perf_counter() - t0:.1f} s)")

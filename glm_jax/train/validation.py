@@ -146,6 +146,10 @@ def check_stages(stages: list[tuple[str, Config]], *, num_devices: int, num_proc
                 from glm_jax.data.loader import heldout_tasks  # noqa: PLC0415 (imports TensorFlow)
 
                 heldout_tasks(cfg)
+            if cfg.eval.every_steps and cfg.eval.seqio_tasks:
+                from glm_jax.eval.seqio_eval import check_config  # noqa: PLC0415
+
+                check_config(cfg, num_processes)
         except ConfigError as e:
             if len(stages) == 1:
                 raise

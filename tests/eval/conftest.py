@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
+from tests import cli
 from tests.conftest import REPO
 
-ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", HF_DATASETS_OFFLINE="1",
-           XLA_FLAGS="--xla_force_host_platform_device_count=8", TOKENIZERS_PARALLELISM="false")
+ENV = cli.env(HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 @pytest.fixture(scope="session")
-def debug_model(tmp_path_factory):
-    """(params-only checkpoint dir, HF dir) of the debug model with sharpened random weights
-    (x3 on every matrix: confident enough that greedy flags and decoding are not ties)."""
+def sharp_checkpoint(tmp_path_factory):
+    """A params-only checkpoint of the debug model with sharpened random weights (x3 on every
+    matrix: confident enough that greedy flags and decoding are not ties)."""
     import jax
 
     from glm_jax import config, model
@@ -28,9 +28,15 @@ def debug_model(tmp_path_factory):
     cfg = config.load(os.path.join(REPO, "configs", "debug.py"))
     params = model.init_params(cfg.model, jax.random.key(0))
     params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 2 else x, params)
-    root = tmp_path_factory.mktemp("lm_eval_model")
-    ckpt, hf = str(root / "ckpt"), str(root / "hf")
+    ckpt = str(tmp_path_factory.mktemp("sharp") / "ckpt")
     save_params(ckpt, params, cfg)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def debug_model(sharp_checkpoint, tmp_path_factory):
+    """(params-only checkpoint dir, HF dir `to-hf --dtype=float32` made of it) of sharp_checkpoint."""
+    ckpt, hf = sharp_checkpoint, str(tmp_path_factory.mktemp("lm_eval_model") / "hf")
     proc = subprocess.run([sys.executable, "-m", "glm_jax.convert", "to-hf", f"--workdir={ckpt}", f"--out={hf}",
                            "--dtype=float32"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
