@@ -37,6 +37,7 @@ from glm_jax.config import Config, ConfigError, ModelConfig, RunConfig
 from glm_jax.data import eval_tasks  # noqa: F401  (registers bundled_mc, bundled_arith)
 from glm_jax.data.errors import DataError
 from glm_jax.data.tokenizer import END_TOKENS
+from glm_jax.eval import long_context_tasks  # noqa: F401  (registers long_{passkey,multikey,vartrack}_N)
 from glm_jax.eval import scoring
 from glm_jax.model import sampling
 
