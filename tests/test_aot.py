@@ -85,10 +85,10 @@ def test_report_says_by_how_much_it_does_not_fit():
 def test_xla_counted_flops_of_the_debug_step_are_within_10_percent_of_the_model_formula():
     """The planner's per-step FLOPs (loop-free corners extrapolated; glm_jax.aot.step_costs),
     summed over devices, against 6 x matmul params + causal attention per token: reference and
-    flash, on one v5e chip (4 rows: tests/aot_flops.py) and with the sequence split over 4
+    flash, on one v5e chip (2 rows: tests/aot_flops.py) and with the sequence split over 4
     (context parallelism). Reference attention computes the masked half too (+6% here), flash
-    visits 3 of 4 blocks at T = 256. Measured once each (XLA / model): reference 1.082
-    unsharded, 1.086 with sequence=4; flash 1.093 and 1.097 (flash recomputes QK^T and dP in both
+    visits 3 of 4 blocks at T = 256. Measured once each (XLA / model): reference 1.086
+    unsharded, 1.086 with sequence=4; flash 1.097 and 1.097 (flash recomputes QK^T and dP in both
     backward kernels: 9 block products where the model formula counts 6)."""
     proc = cli.run("-m", "tests.aot_flops", env=cli.tpu_env(), timeout=3600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -150,21 +150,15 @@ def main(argv=None) -> int:
         p.error(f"--lengths must be comma-separated integers, got {a.lengths!r}")
     if a.depths < 1 or a.samples < 1:
         p.error("--depths and --samples must be >= 1")
-    from glm_jax import cli
-
-    cli.quiet_libraries(a.verbose)
+    _, cfg = _checkpoint(p, a)  # the run's config, before reading any weights
+    from glm_jax import storage
     from glm_jax.config import ConfigError
-    from glm_jax.data.loader import vocabulary
     from glm_jax.data.errors import DataError
+    from glm_jax.data.loader import vocabulary
     from glm_jax.data.tokenizer import load_tokenizer
     from glm_jax.eval import passkey
-    from glm_jax.train.checkpoint import locate_params, restore_params
+    from glm_jax.train.checkpoint import restore_params
 
-    from glm_jax import storage
-
-    if not storage.isdir(storage.resolve(a.workdir)):
-        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
-    _, cfg = locate_params(a.workdir, a.step)  # the run's config, before reading any weights
     try:
         tokenizer = load_tokenizer(a.tokenizer) if a.tokenizer else vocabulary(cfg)
     except DataError as e:
@@ -195,10 +189,23 @@ def _stage_reference(workdir: str, directory: str) -> tuple[str, int | None]:
     return checkpoint.reference_checkpoint(stages[i][1], storage.resolve(workdir), names[i - 1] if i else None)
 
 
-def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
-    from glm_jax import cli
+def _checkpoint(p: argparse.ArgumentParser, a: argparse.Namespace):
+    """(directory, config) of --workdir's checkpoint --step (default the latest), library logging
+    quiet unless --verbose; a missing workdir or step is a usage error (exit 2)."""
+    from glm_jax import cli, storage
+    from glm_jax.train import checkpoint
 
     cli.quiet_libraries(a.verbose)
+    if not storage.isdir(storage.resolve(a.workdir)):
+        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
+    try:
+        return checkpoint.locate_params(a.workdir, a.step)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(f"--workdir / --step: {e}")
+
+
+def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    directory, cfg = _checkpoint(p, a)
     import dataclasses
     import json
 
@@ -207,12 +214,6 @@ def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     from glm_jax.data import loader
     from glm_jax.train import checkpoint, dpo
 
-    if not storage.isdir(storage.resolve(a.workdir)):
-        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
-    try:
-        directory, cfg = checkpoint.locate_params(a.workdir, a.step)
-    except (FileNotFoundError, ValueError) as e:
-        p.error(f"--workdir / --step: {e}")
     if a.reference:
         ref_source = (a.reference, None)
     elif cfg.train.objective != "dpo" or checkpoint.is_params_checkpoint(a.workdir):
@@ -246,22 +247,13 @@ def dpo_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
 
 
 def seqio_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
-    from glm_jax import cli
-
-    cli.quiet_libraries(a.verbose)
+    directory, cfg = _checkpoint(p, a)
     import json
 
     from glm_jax import config, sharding, storage, weights
     from glm_jax.data.errors import DataError
     from glm_jax.eval import seqio_eval
-    from glm_jax.train import checkpoint
 
-    if not storage.isdir(storage.resolve(a.workdir)):
-        p.error(f"--workdir {a.workdir!r} does not exist (a local path or gs:// URL)")
-    try:
-        directory, cfg = checkpoint.locate_params(a.workdir, a.step)
-    except (FileNotFoundError, ValueError) as e:
-        p.error(f"--workdir / --step: {e}")
     mesh = sharding.make_mesh(config.MeshConfig())
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     try:
