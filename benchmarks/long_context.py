@@ -86,13 +86,14 @@ def arm_config(rope_ratio: float, stage_tasks: dict[str, str], steps_512: int, s
         cd.stages[stage].train.steps = steps
         cd.stages[stage].train.warmup_steps = min(20, steps // 5)
         cd.stages[stage].data = {"mixture": stage_tasks[stage]}
+        cd.stages[stage].eval = {"every_steps": 0}  # its passkey tasks have no held-out split; scored below
     cd.stages.ctx512.train.update(lr=lr_512, batch_size=batch_512)
     cd.stages.ctx2k.checkpoint = {"every_steps": every_2k, "keep": max(3, steps_2k // every_2k + 1)}
     cd.stages.ctx2k.model.rope_ratio = rope_ratio
     if not plan_mesh:
         for stage in cd.stage_order:
             cd.stages[stage].mesh = {"data": 1, "fsdp": -1, "sequence": 1, "tensor": 1}
-            cd.stages[stage].model.remat = "none"
+            cd.stages[stage].run.remat = "none"
     return cd
 
 
