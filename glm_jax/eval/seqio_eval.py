@@ -20,8 +20,9 @@ no `inputs`), then the `targets` ids.
   eos), which the prediction does not include.
 Every process computes the same numbers. A task must be registered (import the module that
 registers it: --module_import, or the config file), have metric_fns of those two kinds and the
-split, and tokenize within the model's vocabulary; anything else is a DataError naming the task
-before the model runs.
+split, tokenize within the model's vocabulary, and (with predict metrics) fit each context and
+the longest target in the model's context; anything else is a DataError naming the task (and the
+example) before the model runs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from glm_jax.eval import long_context_tasks  # noqa: F401  (registers long_{pass
 from glm_jax.eval import scoring
 from glm_jax.model import sampling
 
+
 class _NoLoggersWarning(logging.Filter):
     """Results go to the metrics JSONL / the CLI's JSON, not to seqio's loggers: its warning that
     it has none would print at every evaluation."""
@@ -50,7 +52,7 @@ class _NoLoggersWarning(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoLoggersWarning())
-_KINDS = {seqio.metrics.ModelOutputType.SCORE: "score", seqio.metrics.ModelOutputType.PREDICTION: "predict"}
+_SCORE, _PREDICT = seqio.metrics.ModelOutputType.SCORE, seqio.metrics.ModelOutputType.PREDICTION
 
 
 class _TaskFeatures(seqio.PassThroughFeatureConverter):
@@ -135,7 +137,7 @@ def resolve(names: str, split: str, vocab_size: int) -> list[seqio.Task]:
             if not kinds:
                 raise DataError(f"task {task.name!r} has no metric_fns, so nothing to evaluate; give it score "
                                 f"metrics fn(targets, scores) or predict metrics fn(targets, predictions)")
-            unsupported = sorted({k.name for k in kinds if k not in _KINDS})
+            unsupported = sorted({k.name for k in kinds if k not in (_SCORE, _PREDICT)})
             if unsupported:
                 raise DataError(f"task {task.name!r} has metric_fns of kind {unsupported}; glm_jax computes "
                                 f"fn(targets, scores) and fn(targets, predictions) metrics")
@@ -182,19 +184,27 @@ class SeqioEvaluation:
     def __init__(self, names: str, split: str, cfg: ModelConfig, rows: int, max_len: int | None = None):
         self.tasks = resolve(names, split, cfg.vocab_size)
         self.rows, self.max_len = rows, int(max_len or cfg.max_seq_len)
-        self.evaluators = {}
+        self.evaluators, self.end_ids, self.max_new = {}, {}, {}
         for t in self.tasks:
             ev = seqio.Evaluator(t.name, _TaskFeatures(), eval_split=split, async_compute_metrics=False)
             ev._eval_tasks = [_decoding_until_end(t)]  # noqa: SLF001  (the examples it cached stay)
             self.evaluators[t.name] = ev
+            self.end_ids[t.name] = _end_ids(t.output_features["targets"].vocabulary)
+            examples = self._examples(ev.cached_model_datasets[t.name], t)
+            self.max_new[t.name] = max(len(x) for _, _, x in examples)  # predictions: up to the longest target
+            if _PREDICT in [m.model_output_type for m in t.metric_objs]:
+                for i, context, _ in examples:
+                    if len(context) + self.max_new[t.name] > self.max_len:
+                        raise DataError(f"task {t.name!r} example {i}: its inputs are {len(context)} tokens; with "
+                                        f"the split's longest target ({self.max_new[t.name]}) that is more than "
+                                        f"the model's context of {self.max_len} tokens")
 
     def evaluate(self, params: dict, cfg: ModelConfig, run: RunConfig, mesh) -> dict[str, float]:
         """{"eval/<task>/<metric>": value} of every task (params sharded on `mesh`)."""
         out = {}
         for task in self.tasks:
-            vocab = task.output_features["targets"].vocabulary
             fns = {"score_fn": lambda ds, t=task: self._score(ds, t, params, cfg, run, mesh),
-                   "predict_fn": lambda ds, t=task: self._predict(ds, t, _end_ids(vocab), params, cfg, run, mesh)}
+                   "predict_fn": lambda ds, t=task: self._predict(ds, t, params, cfg, run, mesh)}
             metrics, _ = self.evaluators[task.name].evaluate(compute_metrics=True, **fns)
             for name, value in metrics.result()[task.name].items():
                 out[f"eval/{task.name}/{name}"] = float(getattr(value, "value", value))
@@ -202,7 +212,7 @@ class SeqioEvaluation:
 
     def _examples(self, ds, task) -> list[tuple[int, list[int], list[int]]]:
         """[(index, context ids, target ids)] of the Evaluator's enumerated dataset."""
-        separator = _end_ids(task.output_features["targets"].vocabulary)[0]
+        separator = self.end_ids[task.name][0]
         out = []
         for i, ex in ds.as_numpy_iterator():
             context = [int(t) for t in ex["inputs"]] if "inputs" in ex else []
@@ -216,15 +226,9 @@ class SeqioEvaluation:
                                    names=names, run=run)
         return [(i, float(lp)) for (i, _, _), lp in zip(examples, logprob)]
 
-    def _predict(self, ds, task, end_ids, params, cfg, run, mesh) -> list[tuple[int, np.ndarray]]:
-        examples = self._examples(ds, task)
-        max_new = max(len(t) for _, _, t in examples)
-        for i, context, _ in examples:
-            if len(context) + max_new > self.max_len:
-                raise scoring.RequestError(f"task {task.name!r} example {i}: its inputs are {len(context)} tokens; "
-                                           f"with the split's longest target ({max_new}) that is more than the "
-                                           f"model's context of {self.max_len} tokens")
-        examples.sort(key=lambda e: (-len(e[1]), e[0]))
+    def _predict(self, ds, task, params, cfg, run, mesh) -> list[tuple[int, np.ndarray]]:
+        examples = sorted(self._examples(ds, task), key=lambda e: (-len(e[1]), e[0]))
+        end_ids, max_new = self.end_ids[task.name], self.max_new[task.name]
         out = []
         with jax.set_mesh(mesh):
             for start in range(0, len(examples), self.rows):

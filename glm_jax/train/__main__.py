@@ -46,9 +46,14 @@ def heldout_data(cfg, *, rows):
 
 def seqio_evaluation(cfg):
     """The metric_fns of `eval.seqio_tasks` (glm_jax.eval.seqio_eval), on the training batch's rows."""
+    from glm_jax.config import ConfigError  # noqa: PLC0415
+    from glm_jax.data.errors import DataError  # noqa: PLC0415
     from glm_jax.eval.seqio_eval import SeqioEvaluation  # noqa: PLC0415
 
-    return SeqioEvaluation(cfg.eval.seqio_tasks, cfg.eval.seqio_split, cfg.model, rows=cfg.train.batch_size)
+    try:
+        return SeqioEvaluation(cfg.eval.seqio_tasks, cfg.eval.seqio_split, cfg.model, rows=cfg.train.batch_size)
+    except DataError as e:  # e.g. an example longer than the model's context
+        raise ConfigError("eval.seqio_tasks", str(e)) from None
 
 
 def prepare_data(cfg):

@@ -113,6 +113,7 @@ def test_metric_fns_of_the_bundled_tasks():
     (["--tasks=user_qa_unscored", f"--module_import={USER}"], "'user_qa_unscored' has no metric_fns"),
     (["--tasks=user_qa", f"--module_import={USER}", "--split=test"], "no split 'test'"),
     (["--tasks=user_qa", "--module_import=no_such_module"], "'no_such_module'"),
+    (["--tasks=long_passkey_1024"], "task 'long_passkey_1024' example 0: its inputs are"),  # the model has 512
 ])
 def test_cli_names_a_task_it_cannot_evaluate_before_reading_weights(sharp_checkpoint, tmp_path, args, named):
     out = tmp_path / "never.json"
