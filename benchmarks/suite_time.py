@@ -6,7 +6,7 @@
 
 Prints the modules by summed test time (setup + call + teardown, as pytest's JUnit report counts
 them) and the slowest tests, and writes benchmarks/results/suite_time.json with the machine, the
-commit and, with --run, the suite's wall time. Summed times exceed the wall time: two workers
+commit and the suite's wall time (pytest's, without installing anything). Summed times exceed the wall time: two workers
 share the cores, and a test's own subprocesses count in its time.
 """
 
@@ -20,7 +20,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,17 +27,20 @@ OUT = os.path.join(REPO, "benchmarks", "results", "suite_time.json")
 PYTEST = ["-m", "pytest", "-q", "-n", "2", "--dist", "loadscope"]  # the README's test command's options
 
 
-def read_junit(path: str) -> list[dict]:
-    """[{module, test, seconds, outcome}] of every test case in the XML."""
+def read_junit(path: str) -> tuple[list[dict], float | None]:
+    """([{module, test, seconds, outcome}] of every test case in the XML, pytest's wall time)."""
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    wall = float(suite.get("time")) if suite is not None and suite.get("time") else None
     out = []
-    for case in ET.parse(path).getroot().iter("testcase"):
+    for case in root.iter("testcase"):
         outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
         parts = case.get("classname", "").split(".")
         while len(parts) > 1 and parts[-1][:1].isupper():  # a test class's name follows its module's
             parts.pop()
         out.append({"module": "/".join(parts) + ".py", "test": case.get("name"), "seconds": float(case.get("time", 0)),
                     "outcome": outcome})
-    return out
+    return out, wall
 
 
 def summarize(cases: list[dict], wall: float | None, top: int = 25) -> dict:
@@ -76,20 +78,19 @@ def main() -> int:
     p.add_argument("--run", action="store_true", help="run the suite (as CI does) and time it")
     p.add_argument("--junit", default="", help="a pytest JUnit XML to summarize instead")
     p.add_argument("--list", action="store_true", help="print what would run and exit")
+    p.add_argument("--commit", default="", help="the commit the --junit run tested (default: this checkout's)")
     p.add_argument("--out", default=OUT)
     a = p.parse_args()
     if a.list or not (a.run or a.junit):
         print(f"--run: {sys.executable} {' '.join(PYTEST)} --junitxml=TMP (in {REPO}); --junit=FILE: summarize")
         return 0
-    wall = None
     path = a.junit
     if a.run:
         path = os.path.join(tempfile.mkdtemp(prefix="suite_time-"), "junit.xml")
-        t0 = time.perf_counter()
         subprocess.run([sys.executable, *PYTEST, f"--junitxml={path}"], cwd=REPO, check=False)
-        wall = round(time.perf_counter() - t0, 1)
-    result = {"machine": {"cpu": _cpu(), "cores": os.cpu_count()}, "commit": _commit(),
-              **summarize(read_junit(path), wall)}
+    cases, wall = read_junit(path)  # wall: pytest's own, from start to end of the session
+    result = {"machine": {"cpu": _cpu(), "cores": os.cpu_count()}, "commit": a.commit or _commit(),
+              **summarize(cases, None if wall is None else round(wall, 1))}
     print(f"{result['tests']} tests {result['outcomes']}; wall {wall} s; summed {result['summed_seconds']} s")
     print(f"{'module':<52} {'tests':>5} {'seconds':>8}")
     for m in result["modules"]:

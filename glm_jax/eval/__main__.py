@@ -27,12 +27,13 @@ loss, preference accuracy, reward margin, rewards and the policy's own accuracy
 (glm_jax.train.dpo.evaluate). Writes OUT (JSON) and prints the figures.
 
     python -m glm_jax.eval seqio --workdir=DIR --tasks=bundled_mc,bundled_arith [--step=N] \
-        [--split=validation] [--module_import=my_tasks] [--out=DIR/eval/seqio.json]
+        [--split=validation] [--module_import=my_tasks] [--num_examples=N] [--out=DIR/eval/seqio.json]
 
 seqio: the metric_fns of registered seqio tasks or mixtures, computed by seqio's Evaluator over
 our sharded scoring and batched decoding (glm_jax/eval/seqio_eval.py), on a mesh of this host's
 devices (fsdp over all of them). `--module_import` imports the modules that register your tasks
-(comma-separated). Writes OUT (JSON: step, split, {task: {metric: value}}) and prints the figures.
+(comma-separated); `--num_examples` takes the first N of each split. Writes OUT (JSON: step, split,
+examples per task, {task: {metric: value}}) and prints the figures.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
                     "(bundled: bundled_mc, bundled_arith)")
     sq.add_argument("--split", default="validation")
     sq.add_argument("--module_import", default="", help="modules that register the tasks, comma-separated")
+    sq.add_argument("--num_examples", type=int, default=None, help="at most this many examples from the start "
+                    "of each task's split (default: all)")
     sq.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/seqio.json)")
     sq.add_argument("--verbose", action="store_true", help="show library INFO logging (absl, orbax, TF, XLA)")
     a = p.parse_args(argv)
@@ -258,7 +261,8 @@ def seqio_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     try:
         seqio_eval.import_modules(a.module_import)
-        evaluation = seqio_eval.SeqioEvaluation(a.tasks, a.split, cfg.model, rows)  # checks before weights are read
+        evaluation = seqio_eval.SeqioEvaluation(a.tasks, a.split, cfg.model, rows,  # checks before weights are read
+                                                num_examples=a.num_examples)
     except DataError as e:
         p.error(f"--tasks {a.tasks!r}: {e}")
     loaded = weights.load(workdir=a.workdir, step=a.step, mesh=mesh)
@@ -268,7 +272,7 @@ def seqio_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         _, task, name = key.split("/", 2)
         by_task.setdefault(task, {})[name] = value
     result = {"workdir": a.workdir, "step": _checkpoint_step(a.workdir, directory), "split": a.split,
-              "metrics": by_task}
+              "examples": evaluation.examples, "metrics": by_task}
     out = a.out or storage.join(storage.resolve(a.workdir), "eval", "seqio.json")
     storage.write_text(out, json.dumps(result, indent=1) + "\n")
     for task, values in by_task.items():

@@ -179,18 +179,22 @@ class SeqioEvaluation:
     """seqio Evaluators for the tasks of `names` on `split`, built once (they cache the examples).
 
     `rows`: rows per scoring / decoding batch (a multiple of the mesh's batch axes); `max_len`:
-    the longest context + continuation (default the model's max_seq_len)."""
+    the longest context + continuation (default the model's max_seq_len); `num_examples`: at most
+    this many examples from the start of each task's split (seqio's own option; None = all)."""
 
-    def __init__(self, names: str, split: str, cfg: ModelConfig, rows: int, max_len: int | None = None):
+    def __init__(self, names: str, split: str, cfg: ModelConfig, rows: int, max_len: int | None = None,
+                 num_examples: int | None = None):
         self.tasks = resolve(names, split, cfg.vocab_size)
         self.rows, self.max_len = rows, int(max_len or cfg.max_seq_len)
-        self.evaluators, self.end_ids, self.max_new = {}, {}, {}
+        self.evaluators, self.end_ids, self.max_new, self.examples = {}, {}, {}, {}
         for t in self.tasks:
-            ev = seqio.Evaluator(t.name, _TaskFeatures(), eval_split=split, async_compute_metrics=False)
+            ev = seqio.Evaluator(t.name, _TaskFeatures(), eval_split=split, num_examples=num_examples,
+                                 async_compute_metrics=False)
             ev._eval_tasks = [_decoding_until_end(t)]  # noqa: SLF001  (the examples it cached stay)
             self.evaluators[t.name] = ev
             self.end_ids[t.name] = _end_ids(t.output_features["targets"].vocabulary)
             examples = self._examples(ev.cached_model_datasets[t.name], t)
+            self.examples[t.name] = len(examples)
             self.max_new[t.name] = max(len(x) for _, _, x in examples)  # predictions: up to the longest target
             if _PREDICT in [m.model_output_type for m in t.metric_objs]:
                 for i, context, _ in examples:

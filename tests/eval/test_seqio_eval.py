@@ -46,10 +46,11 @@ def _by_hand(workdir):
     params, cfg = restore_params(str(workdir))
     vocab = user.VOCAB
     end = [vocab.special_id(t) for t in END_TOKENS]
+    forward = jax.jit(lambda p, ids: jax.nn.log_softmax(
+        model.logits_from_hidden(p, model.hidden_states(p, ids, cfg.model, cfg.run))[0].astype(jnp.float32)))
 
-    def logprobs(ids):
-        h = model.hidden_states(params, jnp.asarray([ids]), cfg.model, cfg.run)
-        return np.asarray(jax.nn.log_softmax(model.logits_from_hidden(params, h)[0].astype(jnp.float32)))
+    def logprobs(ids):  # causal: padding after the ids changes none of their positions (one compile)
+        return np.asarray(forward(params, jnp.asarray([ids + [0] * (64 - len(ids))])))[:len(ids)]
 
     scores, predictions = [], []
     longest = max(len(vocab.encode(a)) + 1 for _, a in user.QA)
@@ -91,9 +92,10 @@ def test_a_users_task_evaluates_while_training_and_through_the_cli_as_by_hand(tr
 def test_bundled_tasks_report_their_metrics(sharp_checkpoint, tmp_path):
     out = tmp_path / "bundled.json"
     cli.run("-m", "glm_jax.eval", "seqio", f"--workdir={sharp_checkpoint}", "--tasks=bundled_mc,bundled_arith",
-            f"--out={out}")
+            "--num_examples=8", f"--out={out}")
     result = json.loads(out.read_text())
     assert result["step"] is None  # a params-only checkpoint
+    assert result["examples"] == {"bundled_mc": 8, "bundled_arith": 8}  # 2 questions x 4 options; 8 problems
     assert 0 <= result["metrics"]["bundled_mc"]["accuracy"] <= 1
     assert 0 <= result["metrics"]["bundled_arith"]["exact_match"] <= 1
 
