@@ -10,11 +10,16 @@ from glm_jax.model import sampling
 from tests.conftest import tiny_model
 
 
-def _greedy_by_recompute(params, cfg, prompt, n):
+def _greedy_by_recompute(params, cfg, prompt, n, width=64):
+    """The whole forward pass again for every new token. The row is padded to `width`: the model is
+    causal, so the padding after the tokens changes none of their logits, and one program serves
+    every length."""
     fwd = jax.jit(model.forward, static_argnums=2)
     tokens = list(prompt)
+    assert len(tokens) + n <= width
     for _ in range(n):
-        tokens.append(int(fwd(params, jnp.asarray([tokens]), cfg)[0, -1].argmax()))
+        row = jnp.asarray([tokens + [0] * (width - len(tokens))])
+        tokens.append(int(fwd(params, row, cfg)[0, len(tokens) - 1].argmax()))
     return tokens[len(prompt):]
 
 
