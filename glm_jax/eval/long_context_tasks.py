@@ -65,7 +65,7 @@ def example(kind: str, length: int, index: int) -> dict[str, str]:
     if filler < 16:
         raise ValueError(f"long_{kind}_{length}: {length} tokens leave no room for the haystack (the prompt alone "
                          f"is {fixed}); use a length of at least {fixed + 16}")
-    hay = passkey._haystack_ids(tok)  # noqa: SLF001  (the same prose as passkey.evaluate)
+    hay = passkey.haystack_ids(tok)  # the same prose as passkey.evaluate
     start = int(rng.integers(max(1, len(hay) - filler)))
     window = np.resize(hay[start:], filler)
     cuts = np.sort(rng.integers(0, filler + 1, len(needles)))  # needles in order, at random depths

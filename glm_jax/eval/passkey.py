@@ -43,7 +43,8 @@ HAYSTACK = os.path.join(DATA_DIR, "corpus", "en.jsonl.gz")
 
 
 @functools.lru_cache(maxsize=4)
-def _haystack_ids(tokenizer, path: str = HAYSTACK, max_docs: int = 400) -> np.ndarray:
+def haystack_ids(tokenizer, path: str = HAYSTACK, max_docs: int = 400) -> np.ndarray:
+    """The first `max_docs` documents of the haystack corpus, tokenized and joined: int32 [N]."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"haystack corpus {path!r} is missing (built by data/build_corpus.py)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -62,7 +63,7 @@ def make_example(tokenizer, length: int, depth: float, key: int, offset: int = 0
     filler_len = length - len(prefix) - len(needle) - len(question) - len(answer)
     if filler_len < 0:
         raise ValueError(f"length {length} is too short for the passkey prompt (needs > {length - filler_len})")
-    hay = _haystack_ids(tokenizer)
+    hay = haystack_ids(tokenizer)
     start = offset % max(1, len(hay) - filler_len)
     filler = np.resize(hay[start:], filler_len) if filler_len else hay[:0]
     cut = int(round(depth * filler_len))
