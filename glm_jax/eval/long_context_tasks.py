@@ -23,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax.data.eval_tasks import exact_match
 from glm_jax.data.tokenizer import bundled_tokenizer
 from glm_jax.eval import passkey
 
@@ -80,10 +81,6 @@ def example(kind: str, length: int, index: int) -> dict[str, str]:
 def stripped(text: str, example=None, is_target: bool = False) -> str:
     del example, is_target
     return text.strip()
-
-
-def exact_match(targets, predictions) -> dict:
-    return {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
 
 
 def task_name(kind: str, length: int) -> str:
